@@ -45,7 +45,8 @@ for _size, (_depths, _dims) in SIZES.items():
         register_model(f"convnext_{_size}", partial(ConvNeXt, depths=_depths, dims=_dims))
     # V2: GRN after GELU and no layer scale (Woo et al., 2023, Sec. 3).
     register_model(
-        f"convnextv2_{_size}", partial(ConvNeXt, depths=_depths, dims=_dims, use_grn=True, layer_scale_init_value=0.0)
+        f"convnextv2_{_size}",
+        partial(ConvNeXt, depths=_depths, dims=_dims, use_grn=True, layer_scale_init_value=0.0),
     )
 for _size, (_depth, _dim) in ISOTROPIC_SIZES.items():
     register_model(f"convnext_iso_{_size}", partial(ConvNeXtIsotropic, depth=_depth, dim=_dim))
@@ -53,7 +54,7 @@ for _size, (_depth, _dim) in ISOTROPIC_SIZES.items():
 
 def create_model(
     name: str,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     in_chans: int = 3,
     drop_path_rate: float | None = None,
     layer_scale_init_value: float | None = None,
@@ -66,7 +67,8 @@ def create_model(
 
     Args:
         name: one of :func:`list_models` (``convnext_tiny``, ``convnextv2_atto``, ``convnext_iso_small``, ...).
-        num_classes: classifier outputs (0: no head).
+        num_classes: classifier outputs (None: 1000, the ImageNet-1K head; 0: no head). From the CLI, None
+            means "follow the data".
         in_chans: input channels.
         drop_path_rate: final stochastic depth rate (None: the model's default, 0).
         layer_scale_init_value: initial layer scale (None: 1e-6 for V1, off for V2 and isotropic).
@@ -89,6 +91,11 @@ def create_model(
     )
     options = {k: v for k, v in options.items() if v is not None}  # None: keep the variant's default
     try:
-        return _MODELS[name](num_classes=num_classes, in_chans=in_chans, **options, **overrides)
+        return _MODELS[name](
+            num_classes=1000 if num_classes is None else num_classes,
+            in_chans=in_chans,
+            **options,
+            **overrides,
+        )
     except TypeError as e:
         raise UserError(f"Model '{name}' does not accept these options: {e}.") from e

@@ -1,0 +1,87 @@
+"""Callbacks: EMA validated next to the raw weights, and the top-k prediction CSV writer."""
+
+import csv
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch.nn as nn
+from lightning.pytorch.callbacks import BasePredictionWriter, EMAWeightAveraging
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class EMA(EMAWeightAveraging):
+    """Exponential moving average of the weights (paper: decay 0.9999, evaluated alongside the raw model).
+
+    Lightning's ``EMAWeightAveraging`` swaps the averaged weights in for validation, so only one of the two
+    models would be measured. Here the raw weights stay in place and ``ImageClassifier`` also runs
+    :attr:`averaged_net`, logging ``val_ema/*`` next to ``val/*``. Everything else is Lightning's: checkpoints
+    store the EMA weights as ``state_dict`` (the raw ones in ``current_model_state``), resuming restores both,
+    and when training ends the EMA weights are copied into the model.
+
+    Args:
+        decay: EMA decay per update (paper: 0.9999 at batch 4096; use less for short runs).
+        update_every_n_steps: update after every n-th optimizer step.
+        update_starting_at_step: first optimizer step that updates the average.
+        device: where to keep the averaged copy (default: the model's device; "cpu" saves GPU memory).
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.9999,
+        update_every_n_steps: int = 1,
+        update_starting_at_step: int | None = None,
+        device: str | None = None,
+    ):
+        super().__init__(
+            device=device,
+            decay=decay,
+            update_every_n_steps=update_every_n_steps,
+            update_starting_at_step=update_starting_at_step,
+        )
+        self.decay = decay
+
+    @property
+    def averaged_net(self) -> nn.Module | None:
+        """The EMA copy of ``pl_module.net`` while fitting, else None."""
+        return self._average_model.module.net if self._average_model is not None else None
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass  # keep the raw weights in place; the module validates both
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass
+
+
+class TopKPredictionWriter(BasePredictionWriter):
+    """Writes ``predict`` results as CSV: one row per image, its top-k classes and probabilities.
+
+    Args:
+        output_file: CSV path; default ``predictions.csv`` in the run's log directory.
+    """
+
+    def __init__(self, output_file: str | None = None):
+        super().__init__(write_interval="epoch")
+        self.output_file = output_file
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        if trainer.world_size > 1:
+            raise RuntimeError("predict writes one CSV; run it on a single device (trainer.devices: 1).")
+        names = getattr(trainer.datamodule, "class_names", None)
+        path = Path(self.output_file or Path(trainer.log_dir or ".") / "predictions.csv")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        k = predictions[0]["classes"].shape[1] if predictions else 0
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            header = ["path"]
+            for i in range(1, k + 1):
+                header += [f"top{i}_class", f"top{i}_prob"]
+            writer.writerow(header)
+            for batch in predictions:
+                for image_path, classes, probs in zip(
+                    batch["paths"], batch["classes"], batch["probs"], strict=True
+                ):
+                    row = [image_path]
+                    for c, p in zip(classes.tolist(), probs.tolist(), strict=True):
+                        row += [names[c] if names else c, f"{p:.6f}"]
+                    writer.writerow(row)
+        rank_zero_info(f"Wrote predictions for {sum(len(b['paths']) for b in predictions)} images to {path}")

@@ -1,0 +1,237 @@
+"""The LightningModule: a network plus the paper's optimisation recipe (paper Sec. 4, spec section 4).
+
+The module receives the network ready-made (in YAML: ``net: {class_path: convnext_pl.models.create_model, ...}``)
+and never builds data. Code defaults are neutral (no Mixup, no layer decay, no lr scaling); the recipe numbers
+live in ``configs/``, each with its source.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from timm.data import Mixup
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from convnext_pl.errors import UserError
+from convnext_pl.optim import WarmupCosine, param_groups
+
+
+def _accuracy_metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        }
+    )
+
+
+class ImageClassifier(LightningModule):
+    """Image classification with the ConvNeXt training recipe.
+
+    Args:
+        net: the network (any model with ``num_classes``; ``layer_ids()`` is needed for layer decay).
+        lr: peak learning rate at ``lr_reference_batch`` (paper: 4e-3 at 4096; fine-tuning 5e-5 at 512).
+        lr_reference_batch: batch size ``lr`` refers to; the peak lr is ``lr * effective_batch / lr_reference_batch``
+            with effective batch = per-device batch x devices x nodes x gradient accumulation. None: no scaling.
+        min_lr: final lr of the cosine decay, at the same reference batch (paper: 1e-6).
+        weight_decay: AdamW decay on matrices and kernels only (paper: 0.05; fine-tuning 1e-8).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_epochs: linear warm-up length in epochs (paper: 20; may be fractional).
+        warmup_steps: warm-up length in optimizer steps; overrides ``warmup_epochs`` when set.
+        layer_decay: layer-wise lr decay factor (fine-tuning: 0.8 for 22K->1K, 0.7 for 224->384); None: off.
+        label_smoothing: label smoothing (paper: 0.1), folded into the soft targets when Mixup/CutMix is on.
+        mixup_alpha: Mixup alpha (paper: 0.8; 0 disables).
+        cutmix_alpha: CutMix alpha (paper: 1.0; 0 disables).
+        mixup_prob: probability of mixing a batch (paper: 1.0, every batch).
+        mixup_switch_prob: probability of CutMix instead of Mixup when both are on (paper: 0.5).
+        pretrained: weights file to start from (official, timm or a Lightning checkpoint of this project); loaded
+            when fitting starts, the head re-initialised when its class count differs.
+        channels_last: convert the network and every batch to channels_last (faster convolutions on GPUs).
+        compile: compile the network in place (``nn.Module.compile``), so checkpoint keys stay unchanged.
+        grad_checkpointing: recompute block activations in the backward pass to save memory.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        lr: float = 1e-3,
+        lr_reference_batch: int | None = None,
+        min_lr: float = 0.0,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int | None = None,
+        layer_decay: float | None = None,
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        pretrained: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        grad_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"] if _created_in_code() else None)
+        self.net = net
+        self.num_classes = net.num_classes
+        if grad_checkpointing:
+            net.set_grad_checkpointing(True)
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            # timm's Mixup mixes images and builds the smoothed soft targets in one place (official recipe).
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                prob=mixup_prob,
+                switch_prob=mixup_switch_prob,
+                mode="batch",
+                label_smoothing=label_smoothing,
+                num_classes=self.num_classes,
+            )
+        self.train_loss = MeanMetric()
+        self.val_metrics = nn.ModuleDict({"val": _accuracy_metrics(self.num_classes)})
+        self.val_metrics["val_ema"] = _accuracy_metrics(self.num_classes)
+        self.test_metrics = _accuracy_metrics(self.num_classes)
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes is not None and data_classes != self.num_classes:
+            raise UserError(
+                f"The data has {data_classes} classes but the model's head has {self.num_classes} outputs; "
+                f"remove num_classes from the model config (it follows the data) or set it to {data_classes}."
+            )
+        if stage == "fit" and self.hparams.pretrained:
+            # Imported here: pretrained.py is only needed when fine-tuning.
+            from convnext_pl.models.pretrained import load_pretrained
+
+            load_pretrained(self.net, self.hparams.pretrained, replace_head=True)
+            rank_zero_info(f"Loaded pretrained weights from {self.hparams.pretrained}")
+
+    def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.net.compile()  # in place: parameter names (and checkpoint keys) do not gain `_orig_mod.`
+            self._compiled = True
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.hparams.channels_last and torch.is_tensor(batch[0]) and batch[0].ndim == 4:
+            batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
+        return batch
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        if self.mixup is not None:
+            if images.shape[0] % 2:
+                raise UserError(
+                    f"Mixup/CutMix pairs images within a batch and got an odd batch of {images.shape[0]}; "
+                    "use an even data.init_args.batch_size."
+                )
+            images, soft_targets = self.mixup(images, targets)
+            loss = torch.sum(-soft_targets * F.log_softmax(self(images), dim=-1), dim=-1).mean()
+        else:
+            loss = F.cross_entropy(self(images), targets, label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        for prefix, net in self._validated_networks():
+            logits = net(images)
+            loss = F.cross_entropy(logits, targets)
+            metrics = self.val_metrics[prefix]
+            metrics.update(logits, targets)
+            self.log(f"{prefix}/loss", loss, prog_bar=prefix == "val", sync_dist=True)
+            self.log_dict({f"{prefix}/{k}": m for k, m in metrics.items()}, prog_bar=prefix == "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        logits = self(images)
+        self.test_metrics.update(logits, targets)
+        self.log("test/loss", F.cross_entropy(logits, targets), sync_dist=True)
+        self.log_dict({f"test/{k}": m for k, m in self.test_metrics.items()})
+
+    def predict_step(self, batch, batch_idx: int) -> dict:
+        images, paths = batch
+        probs = self(images).softmax(dim=-1)
+        top = probs.topk(min(5, self.num_classes), dim=-1)
+        return {"paths": list(paths), "probs": top.values.cpu(), "classes": top.indices.cpu()}
+
+    def _validated_networks(self):
+        """The raw network, and the EMA copy when an ``EMA`` callback keeps one (both are logged)."""
+        yield "val", self.net
+        for callback in self.trainer.callbacks if self._trainer is not None else []:
+            ema_net = getattr(callback, "averaged_net", None)
+            if ema_net is not None:
+                yield "val_ema", ema_net
+
+    # -------------------------------------------------------------------------------------------- optimizer
+    def effective_batch_size(self) -> int:
+        """Per-device batch x devices x nodes x gradient accumulation (spec: lr 4e-3 belongs to 4096)."""
+        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        if batch_size is None:
+            raise UserError("Cannot compute the effective batch: the DataModule has no batch_size attribute.")
+        return batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def peak_lr(self) -> float:
+        hp = self.hparams
+        if hp.lr_reference_batch is None:
+            return hp.lr
+        return hp.lr * self.effective_batch_size() / hp.lr_reference_batch
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        peak_lr = self.peak_lr()
+        groups = param_groups(self.net, hp.weight_decay, hp.layer_decay)
+        for group in groups:
+            group["lr"] = (
+                peak_lr * group["lr_scale"]
+            )  # LambdaLR scales each group's own lr, keeping the ratio
+        optimizer = AdamW(groups, lr=peak_lr, betas=tuple(hp.betas), eps=hp.eps)
+
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        if hp.warmup_steps is not None:
+            warmup_steps = hp.warmup_steps
+        else:
+            epochs = max(1, self.trainer.max_epochs or 1)
+            warmup_steps = round(hp.warmup_epochs * total_steps / epochs)
+        schedule = WarmupCosine(warmup_steps, total_steps, min_ratio=hp.min_lr / hp.lr if hp.lr > 0 else 0.0)
+        rank_zero_info(
+            f"Effective batch {self.effective_batch_size()}, peak lr {peak_lr:.3g}, "
+            f"{warmup_steps} warm-up steps of {total_steps}"
+        )
+        self._schedule_info = {
+            "effective_batch_size": self.effective_batch_size(),
+            "peak_lr": peak_lr,
+            "warmup_steps": warmup_steps,
+            "total_steps": total_steps,
+        }
+        scheduler = LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        info = getattr(self, "_schedule_info", None)
+        if info:
+            for logger in self.loggers:
+                logger.log_hyperparams(info)
+
+
+def _created_in_code() -> bool:
+    """True unless LightningCLI is instantiating this class (it records the net's config instead of the object)."""
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is None
