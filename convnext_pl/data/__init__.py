@@ -1,0 +1,25 @@
+"""Data modules (Lightning) and the recipe's transforms.
+
+Every module stores its arguments in ``__init__`` and reads the disk only in ``prepare_data``/``setup``, and
+every loader yields ``(images: FloatTensor[N, 3, H, W], targets: LongTensor[N])``.
+"""
+
+from convnext_pl.data.base import ClassificationDataModule
+from convnext_pl.data.cifar import CIFARDataModule
+from convnext_pl.data.digits import DigitsDataModule
+from convnext_pl.data.folder import ImageFolderDataModule
+from convnext_pl.data.imagenet import ImageNetDataModule
+from convnext_pl.data.synthetic import SyntheticDataModule
+from convnext_pl.data.transforms import eval_transform, small_image_train_transform, train_transform
+
+__all__ = [
+    "CIFARDataModule",
+    "ClassificationDataModule",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "ImageNetDataModule",
+    "SyntheticDataModule",
+    "eval_transform",
+    "small_image_train_transform",
+    "train_transform",
+]

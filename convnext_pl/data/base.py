@@ -1,0 +1,113 @@
+"""The base every classification data module shares: argument storage, the four loaders, and prediction
+over a folder of loose images."""
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from convnext_pl.data.images import ImagePathDataset
+from convnext_pl.errors import UserError
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Loaders of ``(images: FloatTensor[N, 3, H, W], targets: LongTensor[N])`` for image classification.
+
+    ``__init__`` only stores arguments, so a config can be instantiated on a machine without the data;
+    ``setup`` reads the disk and raises :class:`UserError` for anything the user can fix. Subclasses set
+    ``mean``/``std`` in ``__init__`` and implement :attr:`num_classes`, :meth:`_setup_splits` and
+    :meth:`evaluation_transform`.
+
+    Args:
+        batch_size: samples per batch on each device.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        image_size: side length of the square images the loaders yield.
+        predict_dir: folder whose images (recursively) ``predict`` classifies.
+    """
+
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def __init__(self, batch_size: int, num_workers: int, image_size: int, predict_dir: str | None = None):
+        super().__init__()
+        # Records every subclass's init args too; checkpoints keep them as ``datamodule_hyper_parameters``.
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.predict_dir = predict_dir
+        self.class_names: list[str] = []
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+        self.predict_dataset: ImagePathDataset | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, known from the init args alone."""
+        raise NotImplementedError
+
+    def _setup_splits(self, stage: str) -> None:
+        """Build the data sets ``stage`` ("fit", "validate" or "test") needs and set ``class_names``."""
+        raise NotImplementedError
+
+    def evaluation_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """The evaluation transform, applied to a PIL RGB image of any size."""
+        raise NotImplementedError
+
+    def _predict_class_names(self) -> list[str]:
+        """Class names when they can be known without the training images (empty when they cannot)."""
+        return []
+
+    def setup(self, stage: str) -> None:
+        """Build the data sets of ``stage``: "fit", "validate", "test" or "predict".
+
+        Raises:
+            UserError: data missing, malformed, inconsistent with the arguments, or too small for one batch.
+        """
+        if stage == "predict":
+            if self.predict_dir is None:
+                raise UserError("predict needs images; set data.init_args.predict_dir to a folder of images")
+            self.predict_dataset = ImagePathDataset(self.predict_dir, self.evaluation_transform())
+            self.class_names = self._predict_class_names()
+            return
+        self._setup_splits(stage)
+        # drop_last would leave an epoch with no batch at all, and Lightning would silently train nothing.
+        if stage == "fit" and len(self.train_dataset) < self.batch_size:
+            raise UserError(
+                f"the training split has {len(self.train_dataset)} images, fewer than one batch of "
+                f"{self.batch_size}; lower data.init_args.batch_size"
+            )
+
+    def _loader(self, dataset: Dataset | None, stage: str, train: bool = False, persistent: bool = False):
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup('{stage}') must run before its data loader")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            # Mixup/CutMix mix a batch with its flipped self and need every batch full (official main.py).
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            # Re-forking workers every epoch costs seconds with large transforms; keep them alive.
+            persistent_workers=persistent and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches; the last incomplete batch is dropped."""
+        return self._loader(self.train_dataset, "fit", train=True, persistent=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in a fixed order."""
+        return self._loader(self.val_dataset, "fit", persistent=True)
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out split in a fixed order."""
+        return self._loader(self.test_dataset, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """``(images, paths: list[str])`` batches over every image under ``predict_dir``."""
+        return self._loader(self.predict_dataset, "predict")

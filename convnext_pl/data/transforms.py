@@ -1,0 +1,146 @@
+"""Image transforms of the ConvNeXt recipe, built with timm as the official ConvNeXt code does.
+
+The official repository's ``datasets.build_transform`` calls ``timm.data.create_transform`` for training and
+writes the evaluation resize by hand; both rules are reproduced here with timm's factory so that the RandAugment
+and RandomErasing implementations are exactly the ones the paper's numbers were produced with.
+"""
+
+from collections.abc import Sequence
+
+import torchvision.transforms as T
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+
+# Paper Table 5 / official main.py defaults.
+RECIPE_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
+RECIPE_RE_PROB = 0.25
+# Sec. 4 "Evaluation at 224": resize the shorter side to 256, then center-crop 224; 224 / 256 = 0.875.
+RECIPE_CROP_PCT = 0.875
+# Official build_transform: "warping (no cropping) when evaluated at 384 or larger".
+NO_CROP_MIN_SIZE = 384
+
+
+def train_transform(
+    image_size: int,
+    auto_augment: str | None = RECIPE_AUTO_AUGMENT,
+    re_prob: float = RECIPE_RE_PROB,
+    re_mode: str = "pixel",
+    interpolation: str = "bicubic",
+    hflip: float = 0.5,
+    color_jitter: float | None = None,
+    scale: tuple[float, float] = (0.08, 1.0),
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> T.Compose:
+    """ImageNet-style training transform: RandomResizedCrop, flip, RandAugment, normalise, RandomErasing.
+
+    Args:
+        image_size: output side length.
+        auto_augment: timm RandAugment/AutoAugment string (recipe: ``rand-m9-mstd0.5-inc1``); None disables it.
+        re_prob: random erasing probability (recipe 0.25), applied after normalisation.
+        re_mode: random erasing fill (``pixel``: per-pixel normal noise, the recipe's choice).
+        interpolation: resampling used by the crop and by RandAugment's geometric ops (recipe: bicubic).
+        hflip: horizontal flip probability.
+        color_jitter: jitter strength; timm ignores it while RandAugment is on, as the official code does.
+        scale: area range of RandomResizedCrop.
+        mean: per-channel mean for normalisation (0..1 scale).
+        std: per-channel std for normalisation.
+
+    Returns:
+        A transform mapping a PIL image to a normalised FloatTensor[3, image_size, image_size].
+    """
+    return create_transform(
+        image_size,
+        is_training=True,
+        scale=scale,
+        hflip=hflip,
+        color_jitter=color_jitter,
+        auto_augment=auto_augment,
+        interpolation=interpolation,
+        re_prob=re_prob,
+        re_mode=re_mode,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+
+
+def small_image_train_transform(
+    image_size: int = 32,
+    padding: int = 4,
+    auto_augment: str | None = None,
+    re_prob: float = 0.0,
+    re_mode: str = "pixel",
+    interpolation: str = "bicubic",
+    hflip: float = 0.5,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> T.Compose:
+    """Training transform for images trained at their native small size (32x32 CIFAR from scratch).
+
+    A RandomResizedCrop down to 8% of a 32x32 image leaves almost nothing, so, as the official
+    ``build_transform`` does for ``input_size <= 32``, the crop becomes the classic padded random crop.
+
+    Args:
+        image_size: output side length (the images' own size).
+        padding: zero padding on each side before the random crop.
+        auto_augment: optional timm RandAugment string, e.g. ``rand-m9-mstd0.5-inc1``.
+        re_prob: random erasing probability.
+        re_mode: random erasing fill mode.
+        interpolation: resampling used by RandAugment's geometric ops.
+        hflip: horizontal flip probability.
+        mean: per-channel mean for normalisation.
+        std: per-channel std for normalisation.
+
+    Returns:
+        A transform mapping a PIL image to a normalised FloatTensor[3, image_size, image_size].
+    """
+    transform = train_transform(
+        image_size,
+        auto_augment=auto_augment,
+        re_prob=re_prob,
+        re_mode=re_mode,
+        interpolation=interpolation,
+        hflip=hflip,
+        mean=mean,
+        std=std,
+    )
+    transform.transforms[0] = T.RandomCrop(image_size, padding=padding)
+    return transform
+
+
+def eval_transform(
+    image_size: int,
+    crop_pct: float = RECIPE_CROP_PCT,
+    interpolation: str = "bicubic",
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> T.Compose:
+    """Evaluation transform of the recipe.
+
+    Below 384 the shorter side is resized to ``floor(image_size / crop_pct)`` (224 -> 256) and the center
+    ``image_size`` square is cropped. At 384 and above the image is resized to the square size with no crop
+    (official ``build_transform``), which timm's ``squash`` mode with ``crop_pct=1`` does; its center crop is
+    then the identity.
+
+    Args:
+        image_size: output side length.
+        crop_pct: fraction of the resized shorter side kept by the crop below 384 (recipe 0.875).
+        interpolation: resampling filter of the resize (recipe: bicubic).
+        mean: per-channel mean for normalisation.
+        std: per-channel std for normalisation.
+
+    Returns:
+        A transform mapping a PIL image to a normalised FloatTensor[3, image_size, image_size].
+    """
+    if image_size >= NO_CROP_MIN_SIZE:
+        crop_pct, crop_mode = 1.0, "squash"
+    else:
+        crop_mode = "center"
+    return create_transform(
+        image_size,
+        is_training=False,
+        crop_pct=crop_pct,
+        crop_mode=crop_mode,
+        interpolation=interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
