@@ -179,7 +179,9 @@ class ConvNeXt(ClassifierMixin, nn.Module):
                 nn.Sequential(LayerNorm2d(dims[i], eps=LN_EPS), nn.Conv2d(dims[i], dims[i + 1], 2, stride=2))
             )
 
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # one rate per block, in order
+        # device="cpu": the rates are Python floats, so build them on the CPU even under a meta-device context
+        # (deferred init, FSDP), where .tolist() of a meta tensor fails.
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # one rate per block
         self.stages = nn.ModuleList()
         for i, depth in enumerate(depths):
             first = sum(depths[:i])
@@ -249,7 +251,7 @@ class ConvNeXtIsotropic(ClassifierMixin, nn.Module):
         super().__init__()
         self.depth, self.num_classes, self.num_features, self.patch_size = depth, num_classes, dim, patch_size
         self.stem = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # see ConvNeXt
         self.blocks = nn.Sequential(*(Block(dim, r, layer_scale_init_value, kernel_size, use_grn) for r in rates))
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -43,6 +43,8 @@ def list_models() -> list[str]:
 for _size, (_depths, _dims) in SIZES.items():
     if _size != "huge":  # ConvNeXt V1 has no huge
         register_model(f"convnext_{_size}", partial(ConvNeXt, depths=_depths, dims=_dims))
+    if _size == "xlarge":  # ConvNeXt V2 (paper and timm) has no XL: no reference numbers or weights exist
+        continue
     # V2: GRN after GELU and no layer scale (Woo et al., 2023, Sec. 3).
     register_model(
         f"convnextv2_{_size}",
