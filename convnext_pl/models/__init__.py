@@ -2,6 +2,28 @@
 
 from convnext_pl.models import roadmap  # noqa: F401  (registers the roadmap_* steps with create_model)
 from convnext_pl.models.convnext import GRN, Block, ConvNeXt, ConvNeXtIsotropic
+from convnext_pl.models.pretrained import load_pretrained
 from convnext_pl.models.registry import create_model, list_models, register_model
 
-__all__ = ["GRN", "Block", "ConvNeXt", "ConvNeXtIsotropic", "create_model", "list_models", "register_model"]
+__all__ = [
+    "GRN",
+    "Block",
+    "ConvNeXt",
+    "ConvNeXtIsotropic",
+    "ModelSummary",
+    "create_model",
+    "list_models",
+    "load_pretrained",
+    "model_summary",
+    "register_model",
+]
+
+
+def __getattr__(name: str):
+    # `summary` is imported on first use: importing it here would make `python -m convnext_pl.models.summary`
+    # find its own module already loaded and print runpy's RuntimeWarning before every run.
+    if name in ("model_summary", "ModelSummary"):
+        from convnext_pl.models import summary
+
+        return getattr(summary, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
