@@ -81,7 +81,14 @@ class ClassificationDataModule(L.LightningDataModule):
                 f"{self.batch_size}; lower data.init_args.batch_size"
             )
 
-    def _loader(self, dataset: Dataset | None, stage: str, train: bool = False, persistent: bool = False):
+    def _loader(
+        self,
+        dataset: Dataset | None,
+        stage: str,
+        train: bool = False,
+        persistent: bool = False,
+        collate_fn=None,
+    ) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup('{stage}') must run before its data loader")
         return DataLoader(
@@ -94,6 +101,7 @@ class ClassificationDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             # Re-forking workers every epoch costs seconds with large transforms; keep them alive.
             persistent_workers=persistent and self.num_workers > 0,
+            collate_fn=collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -110,4 +118,4 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         """``(images, paths: list[str])`` batches over every image under ``predict_dir``."""
-        return self._loader(self.predict_dataset, "predict")
+        return self._loader(self.predict_dataset, "predict", collate_fn=ImagePathDataset.collate)

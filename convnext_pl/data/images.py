@@ -115,3 +115,9 @@ class ImagePathDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         path = self.paths[index]
         return self.transform(load_rgb(path)), path
+
+    @staticmethod
+    def collate(items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
+        """Stack the images; keep the paths as a list (the default collate would make them a tuple)."""
+        images, paths = zip(*items, strict=True)
+        return torch.stack(images), list(paths)
