@@ -99,6 +99,16 @@ class RoadmapConfig:
             if not ok:
                 raise UserError(f"Invalid roadmap architecture: {message}.")
 
+    @property
+    def norm_after(self) -> tuple[bool, bool, bool]:
+        """Whether a norm follows conv1, conv2, conv3 of a block."""
+        return (True, True, True) if self.norms_per_block == 3 else (True, False, False)
+
+    @property
+    def act_after(self) -> tuple[bool, bool, bool]:
+        """Whether an activation follows conv1, conv2 and the residual sum of a block (not conv3: ResNet)."""
+        return (True, True, True) if self.acts_per_block == 3 else (False, True, False)
+
     def out_width(self, stage: int) -> int:
         """Channels of the residual stream in ``stage`` (what a block outputs)."""
         return self.dims[stage] if self.inverted_bottleneck else self.expansion * self.dims[stage]
@@ -145,9 +155,10 @@ class RoadmapBlock(nn.Module):
     ):
         super().__init__()
         plan = config.conv_plan(in_chans, stage, stride)
-        has_norm = [True, True, True] if config.norms_per_block == 3 else [True, False, False]
-        has_act = [True, True] if config.acts_per_block == 3 else [False, True]
-        for i, ((cin, cout, k, s, groups), norm) in enumerate(zip(plan, has_norm, strict=True), start=1):
+        has_act = config.act_after
+        for i, ((cin, cout, k, s, groups), norm) in enumerate(
+            zip(plan, config.norm_after, strict=True), start=1
+        ):
             bias = not (norm and config.norm == "batch")
             setattr(
                 self, f"conv{i}", nn.Conv2d(cin, cout, k, stride=s, padding=k // 2, groups=groups, bias=bias)
@@ -165,7 +176,7 @@ class RoadmapBlock(nn.Module):
                 nn.Conv2d(in_chans, out, 1, stride=stride, bias=config.norm != "batch"),
                 _norm(config.norm, out),
             )
-        self.act_out = _act(config.act) if config.acts_per_block == 3 else nn.Identity()  # after the sum
+        self.act_out = _act(config.act) if has_act[2] else nn.Identity()  # after the residual sum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
@@ -338,6 +349,7 @@ def build_roadmap_net(
     in_chans: int = 3,
     drop_path_rate: float = 0.0,
     head_init_scale: float = 1.0,
+    width_multiplier: float = 1.0,
     **overrides,
 ) -> RoadmapNet:
     """``create_model`` factory of a roadmap step: ``overrides`` replace fields of ``config``.
@@ -348,13 +360,19 @@ def build_roadmap_net(
         in_chans: input channels.
         drop_path_rate: final stochastic depth rate.
         head_init_scale: head init factor.
+        width_multiplier: factor applied to every stage width after the overrides (1: the paper's widths).
+            Scaling all steps alike keeps each step's one change (step 5 still widens by 1.5x).
         **overrides: :class:`RoadmapConfig` fields to change, e.g. ``kernel_size`` or ``patch_size``.
     """
     unknown = set(overrides) - {f.name for f in fields(RoadmapConfig)}
     if unknown:
         raise TypeError(f"unexpected roadmap options {sorted(unknown)}")
+    if width_multiplier <= 0:
+        raise UserError(f"width_multiplier must be positive, not {width_multiplier}.")
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}  # YAML gives lists
-    return RoadmapNet(replace(config, **overrides), in_chans, num_classes, drop_path_rate, head_init_scale)
+    config = replace(config, **overrides)
+    config = replace(config, dims=tuple(max(1, round(d * width_multiplier)) for d in config.dims))
+    return RoadmapNet(config, in_chans, num_classes, drop_path_rate, head_init_scale)
 
 
 @dataclass(frozen=True)
@@ -430,3 +448,44 @@ MAIN_STEPS: list[str] = [name for name, step in STEPS.items() if step.index != 8
 
 for _name, _step in STEPS.items():
     register_model(_name, partial(build_roadmap_net, _step.config))
+
+
+def create_roadmap_model(
+    name: str,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    drop_path_rate: float = 0.0,
+    head_init_scale: float = 1.0,
+    kernel_size: int | None = None,
+    patch_size: int | None = None,
+    width_multiplier: float = 1.0,
+) -> RoadmapNet:
+    """A roadmap step by name, every option a named parameter so that the command line can set it.
+
+    ``create_model`` builds the same networks, but jsonargparse offers only a function's named parameters and
+    ``width_multiplier`` reaches ``create_model`` through ``**overrides``; the ladder uses this function.
+
+    Args:
+        name: a key of :data:`STEPS`.
+        num_classes: classifier outputs (None: 1000; from the CLI it follows the data).
+        in_chans: input channels.
+        drop_path_rate: final stochastic depth rate.
+        head_init_scale: head init factor.
+        kernel_size: the blocks' k x k kernel (None: the step's).
+        patch_size: stem stride (None: 4; 2 or 1 for small images).
+        width_multiplier: factor on every stage width (0.25 makes the CPU ladder affordable).
+    """
+    if name not in STEPS:
+        raise UserError(f"Unknown roadmap step '{name}'. Valid names: {', '.join(STEPS)}.")
+    overrides = {
+        k: v for k, v in dict(kernel_size=kernel_size, patch_size=patch_size).items() if v is not None
+    }
+    return build_roadmap_net(
+        STEPS[name].config,
+        1000 if num_classes is None else num_classes,
+        in_chans,
+        drop_path_rate,
+        head_init_scale,
+        width_multiplier,
+        **overrides,
+    )

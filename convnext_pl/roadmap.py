@@ -1,0 +1,328 @@
+"""The roadmap report and ladder (paper Sec. 2, Fig. 2): every step's size and cost, and training them all.
+
+``python -m convnext_pl.roadmap [--csv FILE] [--plot FILE.png]`` prints params and GFLOPs of every step beside the
+paper's numbers. ``python -m convnext_pl.roadmap train --config <experiment yaml> --epochs N [--steps 0 5 13]
+[--out DIR] [--width-multiplier M] [--<cli key> <value> ...]`` trains the steps with one recipe through the
+project's CLI and writes the measured table (CSV, Markdown) and chart. The networks are in
+``convnext_pl.models.roadmap``; this module only measures and presents them.
+"""
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from lightning.pytorch import Callback
+
+from convnext_pl.models.flops import count_macs
+from convnext_pl.models.roadmap import MAIN_STEPS, STEPS, RoadmapConfig, create_roadmap_model
+
+CSV_COLUMNS = ["step", "name", "params", "gflops", "paper_gflops", "paper_top1"]
+LADDER_COLUMNS = ["step", "name", "top1", "params", "gflops", "train_img_per_s", "paper_top1"]
+GFLOPS_TOLERANCE = 0.03  # a faithful count lands within 3% of the paper unless docs/roadmap.md says why not
+
+_NORMS, _ACTS = {"batch": "BN", "layer": "LN"}, {"relu": "ReLU", "gelu": "GELU"}
+
+
+def describe(config: RoadmapConfig) -> str:
+    """The block diagram of a step in words, generated from its switches (the same ones that build it)."""
+    norm, act = _NORMS[config.norm], _ACTS[config.act]
+    widths = [config.out_width(i) for i in range(len(config.depths))]
+    p, stem_width = config.patch_size, config.dims[0]
+    if config.stem == "resnet":
+        stem = f"7x7 conv stride {min(p, 2)}, {norm}, {act}" + (", 3x3 max pool stride 2" if p == 4 else "")
+    else:
+        stem = f"{p}x{p} conv stride {p}" + (f", {norm}" if config.downsampling == "separate" else "")
+    parts = []
+    conv_acts = (*config.act_after[:2], False)  # act_after[2] is the one after the residual sum
+    for (cin, cout, k, _, groups), has_norm, has_act in zip(
+        config.conv_plan(widths[0], 0, 1), config.norm_after, conv_acts, strict=True
+    ):
+        kind = "depthwise conv" if groups == cin > 1 else "conv"
+        parts.append(
+            f"{k}x{k} {kind} {cin}->{cout}"
+            + (f", {norm}" if has_norm else "")
+            + (f", {act}" if has_act else "")
+        )
+    residual = "layer scale, + input" if config.layer_scale_init_value > 0 else "+ input"
+    block = " -> ".join(parts) + f" -> {residual}" + (f" -> {act}" if config.act_after[2] else "")
+    if config.downsampling == "in_block":
+        downsampling = (
+            f"in the first block of stages 2-4: stride-2 {config.kernel_size}x{config.kernel_size} conv, "
+        )
+        downsampling += f"stride-2 1x1 projection shortcut + {norm}"
+    else:
+        downsampling = f"separate layers between stages: {norm}, 2x2 conv stride 2"
+    head_norm = f"{norm}, " if config.downsampling == "separate" else ""
+    return "\n".join(
+        [
+            f"stem: {stem} (3 -> {stem_width} channels)",
+            f"stages: {'-'.join(map(str, config.depths))} blocks, widths {'-'.join(map(str, widths))}",
+            f"block (stage 1): {block}",
+            f"downsampling: {downsampling}",
+            f"head: global average pool, {head_norm}linear {widths[-1]} -> classes",
+        ]
+    )
+
+
+def step_table(names: Sequence[str] | None = None, image_size: int = 224) -> list[dict]:
+    """Params (1000 classes) and paper-convention GFLOPs of each step beside the paper's numbers."""
+    rows = []
+    for name in names or STEPS:
+        # Shapes are all a count needs: on the meta device nothing is allocated or computed (10x faster).
+        with torch.device("meta"):
+            model = create_roadmap_model(name)
+            gflops = count_macs(model, image_size) / 1e9
+        step = STEPS[name]
+        row = dict(
+            step=step.index, name=name, params=sum(p.numel() for p in model.parameters()), gflops=gflops
+        )
+        rows.append(row | dict(paper_gflops=step.paper_gflops, paper_top1=step.paper_top1))
+    return rows
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """The report as aligned text; a ``*`` marks a GFLOPs difference beyond the tolerance (docs/roadmap.md)."""
+    header = f"{'step':>4}  {'name':<30} {'params':>12} {'GFLOPs':>7} {'paper':>6} {'diff':>7}  {'paper top-1':>11}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        diff = r["gflops"] / r["paper_gflops"] - 1
+        flag = "*" if abs(diff) > GFLOPS_TOLERANCE else " "
+        lines.append(
+            f"{r['step']:>4}  {r['name']:<30} {r['params']:>12,} {r['gflops']:>7.3f} {r['paper_gflops']:>6.2f} "
+            f"{diff:>+7.1%}{flag} {r['paper_top1']:>11.2f}"
+        )
+    if any(abs(r["gflops"] / r["paper_gflops"] - 1) > GFLOPS_TOLERANCE for r in rows):
+        lines.append("* differs from the paper by more than 3%: see docs/roadmap.md for why.")
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] = CSV_COLUMNS) -> None:
+    """Write ``columns`` of ``rows`` as CSV (floats rounded to 4 decimals)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+
+
+def plot(rows: Sequence[dict], path: str | Path, measured_key: str | None = None) -> None:
+    """A Figure-2-style chart: top-1 bars per step (paper's, and ``row[measured_key]`` if given) and GFLOPs.
+
+    Args:
+        rows: rows of :func:`step_table` or of the ladder.
+        path: PNG file to write.
+        measured_key: column holding accuracy measured by the ladder (in %), shown in its own panel.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers and in tests
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['step']}: {STEPS[r['name']].change}" for r in rows]
+    panels = [("paper_top1", "ImageNet-1K top-1 (paper), %")]
+    if measured_key:
+        panels.append((measured_key, "top-1 measured here, %"))
+    fig, axes = plt.subplots(
+        1, len(panels) + 1, sharey=True, figsize=(4 * (len(panels) + 1) + 2, 0.4 * len(rows) + 1.5)
+    )
+    y = range(len(rows))
+    for ax, (key, title) in zip(axes, panels, strict=False):
+        values = [r[key] for r in rows]
+        ax.barh(y, values, color="tab:blue" if key == "paper_top1" else "tab:green")
+        low, high = min(values), max(values)
+        ax.set_xlim(max(0.0, low - 0.2 * (high - low + 1)), high + 0.1 * (high - low + 1))
+        ax.set_title(title, fontsize=10)
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
+    flops_ax = axes[-1]
+    flops_ax.barh(y, [r["gflops"] for r in rows], color="tab:gray", label="counted here (at 224)")
+    flops_ax.scatter([r["paper_gflops"] for r in rows], y, color="tab:red", marker="|", s=120, label="paper")
+    flops_ax.set_title("GFLOPs (multiply-adds)", fontsize=10)
+    flops_ax.set_xlim(0, 1.45 * max(max(r["gflops"], r["paper_gflops"]) for r in rows))  # room for the legend
+    flops_ax.legend(fontsize=8, loc="lower right")
+    axes[0].set_yticks(list(y), labels, fontsize=8)
+    axes[0].invert_yaxis()  # step 0 on top, as in Fig. 2
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def inference_throughput(
+    model: nn.Module, batch_size: int = 8, image_size: int = 64, iters: int = 5
+) -> float:
+    """Images per second of ``model`` in eval mode on random input (one warm-up pass, then ``iters`` timed)."""
+    was_training = model.training
+    model.eval()
+    x = torch.randn(batch_size, 3, image_size, image_size)
+    model(x)  # warm-up: first-call allocations and kernel selection
+    start = time.perf_counter()
+    for _ in range(iters):
+        model(x)
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    return batch_size * iters / seconds
+
+
+class TrainThroughput(Callback):
+    """Training images per second over the training batches (forward, backward, optimizer step).
+
+    The first ``skip_batches`` batches are not timed: they pay one-off allocations. Also records the input
+    shape, so the ladder can count the trained network's GFLOPs at the size it was trained at.
+
+    Args:
+        skip_batches: batches at the start of training left out of the timing.
+    """
+
+    def __init__(self, skip_batches: int = 1):
+        self.skip_batches = skip_batches
+        self.images, self.seconds, self.batches, self.image_shape = 0, 0.0, 0, None
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        images = batch[0]
+        self.image_shape = tuple(images.shape[1:])  # (C, H, W)
+        self.batches += 1
+        if self.batches > self.skip_batches:
+            self.seconds += time.perf_counter() - self._start
+            self.images += len(images)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def train_step(
+    name: str, config: str, epochs: int, out: Path, width_multiplier: float, extra: Sequence[str]
+) -> dict:
+    """Fit one roadmap step through the project's CLI and measure it.
+
+    The step's network replaces the experiment's ``model.net``; options both accept (e.g. ``patch_size``)
+    carry over, and ``extra`` CLI arguments come last, so they win.
+    """
+    from convnext_pl.cli import cli_main  # Lightning and the data stack load only when training
+
+    net = {"class_path": f"{create_roadmap_model.__module__}.{create_roadmap_model.__name__}"}
+    net["init_args"] = {"name": name, "width_multiplier": width_multiplier}
+    args = ["fit", "--config", config, "--model.net", json.dumps(net), "--trainer.max_epochs", str(epochs)]
+    args += ["--trainer.default_root_dir", str(out), "--run_name", name]
+    args += [f"--trainer.callbacks+={TrainThroughput.__module__}.{TrainThroughput.__name__}", *extra]
+    cli = cli_main(args)
+    meter = next(cb for cb in cli.trainer.callbacks if isinstance(cb, TrainThroughput))
+    network = cli.model.net
+    channels, height, width = meter.image_shape
+    return dict(
+        step=STEPS[name].index,
+        name=name,
+        top1=100 * float(cli.trainer.callback_metrics["val/acc1"]),
+        params=sum(p.numel() for p in network.parameters()),
+        gflops=count_macs(network, (height, width), channels) / 1e9,
+        train_img_per_s=meter.images_per_second,
+        paper_top1=STEPS[name].paper_top1,
+        paper_gflops=STEPS[name].paper_gflops,
+    )
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] = LADDER_COLUMNS) -> str:
+    """Rows as a GitHub Markdown table."""
+
+    def cell(value) -> str:
+        return (
+            f"{value:,.2f}"
+            if isinstance(value, float)
+            else f"{value:,}"
+            if isinstance(value, int)
+            else str(value)
+        )
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def run_ladder(
+    config: str,
+    epochs: int,
+    names: Sequence[str],
+    out: str | Path,
+    width_multiplier: float = 1.0,
+    extra: Sequence[str] = (),
+) -> list[dict]:
+    """Train each step with the same recipe; write ``ladder.csv``, ``ladder.md`` and ``ladder.png`` to ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in names:
+        rows.append(train_step(name, config, epochs, out, width_multiplier, extra))
+        write_csv(
+            rows, out / "ladder.csv", LADDER_COLUMNS
+        )  # after every step: a long run keeps partial results
+    (out / "ladder.md").write_text(markdown_table(rows) + "\n")
+    plot(rows, out / "ladder.png", measured_key="top1")
+    return rows
+
+
+def _step_names(selection: Sequence[str] | None) -> list[str]:
+    """Step numbers (``0 5 13``, main line) or full names (``roadmap_08_kernel5``) -> registered names."""
+    if not selection:
+        return list(MAIN_STEPS)
+    by_index = {STEPS[name].index: name for name in MAIN_STEPS}
+    names = []
+    for item in selection:
+        name = by_index.get(int(item)) if item.isdigit() else item
+        if name not in STEPS:
+            raise SystemExit(f"error: unknown step '{item}'; use 0-13 or one of: {', '.join(STEPS)}")
+        names.append(name)
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m convnext_pl.roadmap", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--csv", help="also write the report as CSV to this file")
+    parser.add_argument("--plot", help="also draw the Figure-2-style chart to this PNG file")
+    commands = parser.add_subparsers(dest="command")
+    train = commands.add_parser(
+        "train", allow_abbrev=False, help="train the steps with one recipe (extra args go to the CLI)"
+    )
+    train.add_argument("--config", required=True, help="experiment YAML, e.g. configs/experiment/digits.yaml")
+    train.add_argument("--epochs", type=int, required=True, help="epochs per step")
+    train.add_argument("--steps", nargs="+", help="step numbers or names (default: the main line 0-13)")
+    train.add_argument("--out", default="runs/roadmap", help="folder for runs and the results table")
+    train.add_argument(
+        "--width-multiplier", type=float, default=1.0, help="scale every width (0.25 for a CPU)"
+    )
+    train.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "train":
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        rows = step_table()
+        print(format_table(rows))
+        if args.csv:
+            write_csv(rows, args.csv)
+        if args.plot:
+            plot(rows, args.plot)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    rows = run_ladder(
+        args.config, args.epochs, _step_names(args.steps), args.out, args.width_multiplier, extra
+    )
+    print(markdown_table(rows))
+    print(f"\n{len(rows)} steps in {time.perf_counter() - start:.0f} s; table and chart in {args.out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
