@@ -131,11 +131,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             ) from e
     try:
         # Never unpickle arbitrary objects: a checkpoint from the internet can run code when unpickled.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # A file object, not the path: torch.load would pick safetensors for any name ending ".safetensors".
+        with path.open("rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # Raised for unsafe globals and for bytes that are no PyTorch file at all: both are refusals.
         raise UserError(
-            f"Checkpoint '{path}' is not a plain weights file: weights_only loading refused it because it "
-            "holds arbitrary Python objects; re-save it as torch.save(model.state_dict(), path) or as safetensors."
+            f"Checkpoint '{path}' is not a plain weights file: torch.load(weights_only=True) refused it (it holds "
+            "Python objects other than tensors and containers, or is no PyTorch file at all); re-save the weights "
+            "with torch.save(model.state_dict(), path) or as safetensors."
         ) from e
     except Exception as e:
         raise UserError(
