@@ -87,3 +87,25 @@ def test_small_image_train_transform_uses_padded_random_crop(auto_augment):
     assert bool(_find(transform, RandAugment)) == (auto_augment is not None)
     assert _find(transform, T.RandomHorizontalFlip)[0].p == 0.5
     assert transform(_image(32, 32)).shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "rand-m9-mstd0.5", "original"])
+def test_posterize_to_zero_bits_gives_black_instead_of_raising(policy):
+    """timm maps the top magnitude of PosterizeIncreasing (and the bottom of Posterize) to 0 bits, which
+    Pillow 13 refuses; rand-m9-mstd0.5 draws it for ~2% of posterize calls."""
+    transform = train_transform(32, auto_augment=policy, re_prob=0.0)
+    step = transform.transforms[2]
+    ops = getattr(step, "ops", None) or [op for sub_policy in step.policy for op in sub_policy]
+    posterize_ops = [op for op in ops if op.name.startswith("Posterize")]
+    assert posterize_ops
+    image = _image(32, 32)
+    for op in posterize_ops:
+        op.prob, op.magnitude_std = 1.0, 0.0
+        for magnitude in (0.0, 10.0):  # both ends of the level range
+            op.magnitude = magnitude
+            out = np.asarray(op(image))
+            assert out.shape == (32, 32, 3)
+    zero_bits = [op for op in posterize_ops if op.name == "PosterizeIncreasing"]
+    for op in zero_bits:
+        op.magnitude = 10.0
+        assert not np.asarray(op(image)).any()  # 0 bits kept: black, as TF's RandAugment

@@ -8,7 +8,9 @@ and RandomErasing implementations are exactly the ones the paper's numbers were 
 from collections.abc import Sequence
 
 import torchvision.transforms as T
+from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import auto_augment as timm_auto_augment
 
 # Paper Table 5 / official main.py defaults.
 RECIPE_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
@@ -17,6 +19,31 @@ RECIPE_RE_PROB = 0.25
 RECIPE_CROP_PCT = 0.875
 # Official build_transform: "warping (no cropping) when evaluated at 384 or larger".
 NO_CROP_MIN_SIZE = 384
+
+
+def posterize(image: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize op, also for 0 bits: an all-black image, as the TF RandAugment it reproduces gives.
+
+    timm's ``PosterizeIncreasing`` maps magnitude 10 to 0 bits; rand-m9-mstd0.5 reaches 10 for ~2% of draws
+    (9 + 2 std). Old Pillow returned black for 0 bits; Pillow 13 (installed here) raises ValueError instead,
+    which would stop an ImageNet-recipe epoch within its first few dozen batches of 64.
+    """
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return image.point(lambda _: 0)
+    return ImageOps.posterize(image, bits_to_keep)
+
+
+def _patch_posterize(transform: T.Compose) -> T.Compose:
+    """Route every posterize op of a timm RandAugment/AutoAugment in ``transform`` through :func:`posterize`."""
+    for step in transform.transforms:
+        ops = list(getattr(step, "ops", []))  # RandAugment
+        ops += [op for sub_policy in getattr(step, "policy", []) for op in sub_policy]  # AutoAugment
+        for op in ops:
+            if op.aug_fn is timm_auto_augment.posterize:
+                op.aug_fn = posterize
+    return transform
 
 
 def train_transform(
@@ -33,6 +60,8 @@ def train_transform(
 ) -> T.Compose:
     """ImageNet-style training transform: RandomResizedCrop, flip, RandAugment, normalise, RandomErasing.
 
+    timm's posterize op is swapped for :func:`posterize`, which survives the 0-bit level Pillow 13 rejects.
+
     Args:
         image_size: output side length.
         auto_augment: timm RandAugment/AutoAugment string (recipe: ``rand-m9-mstd0.5-inc1``); None disables it.
@@ -48,7 +77,7 @@ def train_transform(
     Returns:
         A transform mapping a PIL image to a normalised FloatTensor[3, image_size, image_size].
     """
-    return create_transform(
+    transform = create_transform(
         image_size,
         is_training=True,
         scale=scale,
@@ -61,6 +90,7 @@ def train_transform(
         mean=tuple(mean),
         std=tuple(std),
     )
+    return _patch_posterize(transform)
 
 
 def small_image_train_transform(

@@ -1,0 +1,141 @@
+"""Images per second of each DataModule's training loader, by DataLoader worker count.
+
+    python benchmarks/data_throughput.py --workers 0 1 2 --json runs/data_throughput.json
+
+CIFAR and the JPEG image folder are written into a temporary folder in their genuine formats first
+(``convnext_pl.data.fake``), so nothing is downloaded. The image folder holds ImageNet-like JPEGs
+(500x375, quality 90) read with the full ImageNet training transform at 224: RandomResizedCrop, flip,
+RandAugment rand-m9-mstd0.5-inc1, normalise, random erasing 0.25. Each measurement iterates the training
+loader: ``--warmup`` batches untimed (worker start-up included there), then ``--batches`` timed batches.
+"""
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision.datasets.cifar as tv_cifar
+
+from convnext_pl.data import (
+    CIFARDataModule,
+    ClassificationDataModule,
+    DigitsDataModule,
+    ImageFolderDataModule,
+    SyntheticDataModule,
+)
+from convnext_pl.data.fake import write_cifar, write_image_folder
+from convnext_pl.data.transforms import RECIPE_AUTO_AUGMENT
+
+IMAGENET_LIKE_SIZE = (500, 375)  # the most common ImageNet photo size (width, height)
+FOLDER_CLASSES = 10
+
+
+def _modules(data_dir: Path) -> dict[str, Callable[[int, int], ClassificationDataModule]]:
+    """Benchmark name -> factory(batch_size, num_workers), each configured as the repo's data configs are."""
+    recipe = {"auto_augment": RECIPE_AUTO_AUGMENT, "re_prob": 0.25}
+    return {
+        "digits-32": lambda bs, nw: DigitsDataModule(image_size=32, batch_size=bs, num_workers=nw),
+        "synthetic-224": lambda bs, nw: SyntheticDataModule(
+            image_size=224, train_size=100_000, batch_size=bs, num_workers=nw
+        ),
+        "cifar10-32": lambda bs, nw: CIFARDataModule(
+            root=str(data_dir), image_size=32, batch_size=bs, num_workers=nw, **recipe
+        ),
+        "cifar10-224": lambda bs, nw: CIFARDataModule(
+            root=str(data_dir), image_size=224, batch_size=bs, num_workers=nw, **recipe
+        ),
+        "jpeg-folder-224": lambda bs, nw: ImageFolderDataModule(
+            root=str(data_dir / "folder"), num_classes=FOLDER_CLASSES, batch_size=bs, num_workers=nw, **recipe
+        ),
+    }
+
+
+def write_data(data_dir: Path, images_needed: int) -> None:
+    """Write CIFAR-10 pickles and an ImageNet-like JPEG folder with at least ``images_needed`` training images."""
+    write_cifar(data_dir, "cifar10", n_train=max(images_needed, 1000), n_test=100)
+    per_class = -(-images_needed // FOLDER_CLASSES)  # ceil division
+    write_image_folder(
+        data_dir / "folder", FOLDER_CLASSES, per_class, size=IMAGENET_LIKE_SIZE, splits=("train",)
+    )
+    # The folder module checks that val has the same classes; one image each is enough.
+    write_image_folder(data_dir / "folder", FOLDER_CLASSES, 1, size=IMAGENET_LIKE_SIZE, splits=("val",))
+
+
+def measure(module: ClassificationDataModule, warmup: int, batches: int) -> float:
+    """Images per second over ``batches`` training batches, after ``warmup`` untimed ones."""
+    module.setup("fit")
+    iterator = iter(module.train_dataloader())
+    for _ in range(warmup):
+        next(iterator)
+    start, images = time.perf_counter(), 0
+    for _ in range(batches):
+        batch, _ = next(iterator)
+        images += len(batch)
+    elapsed = time.perf_counter() - start
+    del iterator  # shut the workers down before the next measurement
+    return images / elapsed
+
+
+def print_table(results: list[dict], workers: list[int]) -> None:
+    """One row per data set, one images/s column per worker count."""
+    rates = {(r["data"], r["workers"]): r["images_per_s"] for r in results}
+    names = list(dict.fromkeys(r["data"] for r in results))
+    header = f"{'images/s':<18}" + "".join(f"{f'{w} workers':>12}" for w in workers)
+    print("\n" + header + "\n" + "-" * len(header))
+    for name in names:
+        print(f"{name:<18}" + "".join(f"{rates[name, w]:>12.1f}" for w in workers))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed batches per measurement")
+    parser.add_argument("--batches", type=int, default=10, help="timed batches per measurement")
+    parser.add_argument("--only", nargs="+", help="benchmark names to run (default: all)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads here (DataLoader workers always use 1)"
+    )
+    args = parser.parse_args(argv)
+    # With 0 workers the transforms run in this process; its default of one thread per core contends with
+    # the loader's own work (and other jobs) and makes the 0-worker numbers incomparable with the rest.
+    torch.set_num_threads(args.threads)
+
+    # Generated CIFAR files differ from the published ones; let torchvision read them (tests do the same).
+    tv_cifar.CIFAR10._check_integrity = lambda self: True
+    tv_cifar.check_integrity = lambda fpath, md5=None: True
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        write_data(data_dir, args.batch_size * (args.warmup + args.batches))
+        factories = _modules(data_dir)
+        for name in args.only or factories:
+            for workers in args.workers:
+                rate = measure(factories[name](args.batch_size, workers), args.warmup, args.batches)
+                results.append({"data": name, "workers": workers, "images_per_s": round(rate, 1)})
+                print(f"{name:<18} workers {workers:>2}  {rate:>9.1f} images/s", flush=True)
+
+    print_table(results, args.workers)
+    environment = {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "batch_size": args.batch_size,
+        "timed_batches": args.batches,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"environment": environment, "results": results}, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
