@@ -66,7 +66,9 @@ class Block(nn.Module):
         self.act = nn.GELU()
         self.grn = GRN(mlp_ratio * dim) if use_grn else nn.Identity()
         self.pwconv2 = nn.Linear(mlp_ratio * dim, dim)
-        self.gamma = nn.Parameter(torch.full((dim,), layer_scale_init_value)) if layer_scale_init_value > 0 else None
+        self.gamma = (
+            nn.Parameter(torch.full((dim,), layer_scale_init_value)) if layer_scale_init_value > 0 else None
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +254,9 @@ class ConvNeXtIsotropic(ClassifierMixin, nn.Module):
         self.depth, self.num_classes, self.num_features, self.patch_size = depth, num_classes, dim, patch_size
         self.stem = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
         rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # see ConvNeXt
-        self.blocks = nn.Sequential(*(Block(dim, r, layer_scale_init_value, kernel_size, use_grn) for r in rates))
+        self.blocks = nn.Sequential(
+            *(Block(dim, r, layer_scale_init_value, kernel_size, use_grn) for r in rates)
+        )
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
@@ -281,4 +285,3 @@ class ConvNeXtIsotropic(ClassifierMixin, nn.Module):
             else:
                 ids[name] = self.depth + 1
         return ids
-
