@@ -106,6 +106,7 @@ class ConvNeXtCLI(LightningCLI):
 
     def after_fit(self) -> None:
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a collective under DDP/FSDP (a broadcast): every rank must ask for it
         if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val")}
@@ -114,7 +115,7 @@ class ConvNeXtCLI(LightningCLI):
         if trainer.checkpoint_callback is not None:
             lines.append(f"Best checkpoint:  {trainer.checkpoint_callback.best_model_path or '-'}")
             lines.append(f"Last checkpoint:  {trainer.checkpoint_callback.last_model_path or '-'}")
-        lines.append(f"Logs and config:  {trainer.log_dir}")
+        lines.append(f"Logs and config:  {log_dir}")
         print("\n".join(lines), flush=True)
 
 
