@@ -124,13 +124,10 @@ class ImageClassifier(LightningModule):
             self.net.compile()  # in place: parameter names (and checkpoint keys) do not gain `_orig_mod.`
             self._compiled = True
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.hparams.channels_last and torch.is_tensor(batch[0]) and batch[0].ndim == 4:
-            batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
-        return batch
-
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # a no-op when the batch already is
         return self.net(x)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -150,6 +147,8 @@ class ImageClassifier(LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         for prefix, net in self._validated_networks():
             logits = net(images)
             loss = F.cross_entropy(logits, targets)

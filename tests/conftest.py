@@ -15,7 +15,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip_gpu)
 
 
@@ -37,3 +37,9 @@ def cifar_md5_bypass(monkeypatch):
 
     monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: True)
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch):
+    # LightningCLI warns when it is given `args` while sys.argv holds pytest's own flags.
+    monkeypatch.setattr("sys.argv", ["pytest"])
