@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from lightning.pytorch import Callback
+from matplotlib.figure import Figure
 
+from convnext_pl.errors import UserError
 from convnext_pl.models.flops import count_macs
 from convnext_pl.models.roadmap import MAIN_STEPS, STEPS, RoadmapConfig, create_roadmap_model
 
@@ -111,26 +113,22 @@ def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] = C
             writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
 
 
-def plot(rows: Sequence[dict], path: str | Path, measured_key: str | None = None) -> None:
-    """A Figure-2-style chart: top-1 bars per step (paper's, and ``row[measured_key]`` if given) and GFLOPs.
+def plot(rows: Sequence[dict], path: str | Path | None = None, measured_key: str | None = None) -> Figure:
+    """A Figure-2-style chart: top-1 bars per step (the paper's, and ``row[measured_key]`` if given) and GFLOPs.
 
     Args:
-        rows: rows of :func:`step_table` or of the ladder.
-        path: PNG file to write.
-        measured_key: column holding accuracy measured by the ladder (in %), shown in its own panel.
+        rows: rows of :func:`step_table` (GFLOPs at 224, drawn beside the paper's) or of the ladder.
+        path: PNG file to write (None: only return the figure).
+        measured_key: column holding accuracy measured by the ladder (in %), drawn in its own panel; the GFLOPs
+            are then those of the trained networks, at their size, so the paper's are not drawn beside them.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on servers and in tests
-    import matplotlib.pyplot as plt
-
     labels = [f"{r['step']}: {STEPS[r['name']].change}" for r in rows]
     panels = [("paper_top1", "ImageNet-1K top-1 (paper), %")]
     if measured_key:
         panels.append((measured_key, "top-1 measured here, %"))
-    fig, axes = plt.subplots(
-        1, len(panels) + 1, sharey=True, figsize=(4 * (len(panels) + 1) + 2, 0.4 * len(rows) + 1.5)
-    )
+    # The Figure API, not pyplot: no global backend or figure state, so it is the same in scripts and notebooks.
+    fig = Figure(figsize=(4 * len(panels) + 6, 0.4 * len(rows) + 1.5))
+    axes = fig.subplots(1, len(panels) + 1, sharey=True)
     y = range(len(rows))
     for ax, (key, title) in zip(axes, panels, strict=False):
         values = [r[key] for r in rows]
@@ -141,16 +139,22 @@ def plot(rows: Sequence[dict], path: str | Path, measured_key: str | None = None
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
     flops_ax = axes[-1]
-    flops_ax.barh(y, [r["gflops"] for r in rows], color="tab:gray", label="counted here (at 224)")
-    flops_ax.scatter([r["paper_gflops"] for r in rows], y, color="tab:red", marker="|", s=120, label="paper")
-    flops_ax.set_title("GFLOPs (multiply-adds)", fontsize=10)
-    flops_ax.set_xlim(0, 1.45 * max(max(r["gflops"], r["paper_gflops"]) for r in rows))  # room for the legend
-    flops_ax.legend(fontsize=8, loc="lower right")
+    flops_ax.barh(y, [r["gflops"] for r in rows], color="tab:gray", label="counted here, 224x224")
+    if measured_key:
+        flops_ax.set_title("GFLOPs of the trained networks", fontsize=10)
+    else:
+        flops_ax.scatter(
+            [r["paper_gflops"] for r in rows], y, color="tab:red", marker="|", s=120, label="paper"
+        )
+        flops_ax.set_xlim(0, 1.45 * max(max(r["gflops"], r["paper_gflops"]) for r in rows))  # legend room
+        flops_ax.legend(fontsize=8, loc="lower right")
+        flops_ax.set_title("GFLOPs (multiply-adds)", fontsize=10)
     axes[0].set_yticks(list(y), labels, fontsize=8)
     axes[0].invert_yaxis()  # step 0 on top, as in Fig. 2
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
 
 
 @torch.no_grad()
@@ -216,7 +220,11 @@ def train_step(
     args = ["fit", "--config", config, "--model.net", json.dumps(net), "--trainer.max_epochs", str(epochs)]
     args += ["--trainer.default_root_dir", str(out), "--run_name", name]
     args += [f"--trainer.callbacks+={TrainThroughput.__module__}.{TrainThroughput.__name__}", *extra]
-    cli = cli_main(args)
+    command_line, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees args and a command line
+    try:
+        cli = cli_main(args)
+    finally:
+        sys.argv = command_line
     meter = next(cb for cb in cli.trainer.callbacks if isinstance(cb, TrainThroughput))
     network = cli.model.net
     channels, height, width = meter.image_shape
@@ -232,20 +240,24 @@ def train_step(
     )
 
 
+_MARKDOWN_FORMATS = {
+    "top1": ".2f",
+    "paper_top1": ".2f",
+    "gflops": ".4f",
+    "paper_gflops": ".2f",
+    "train_img_per_s": ".0f",
+}
+
+
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] = LADDER_COLUMNS) -> str:
     """Rows as a GitHub Markdown table."""
 
-    def cell(value) -> str:
-        return (
-            f"{value:,.2f}"
-            if isinstance(value, float)
-            else f"{value:,}"
-            if isinstance(value, int)
-            else str(value)
-        )
+    def cell(column: str, value) -> str:
+        default = ",.2f" if isinstance(value, float) else ","
+        return format(value, _MARKDOWN_FORMATS.get(column, default) if isinstance(value, int | float) else "")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(c, r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -271,38 +283,45 @@ def run_ladder(
     return rows
 
 
-def _step_names(selection: Sequence[str] | None) -> list[str]:
-    """Step numbers (``0 5 13``, main line) or full names (``roadmap_08_kernel5``) -> registered names."""
+def step_names(selection: Sequence[str] | None) -> list[str]:
+    """Step numbers (``0 5 13``: the main line) or registered names (``roadmap_08_kernel5``) -> names.
+
+    Raises:
+        UserError: for a step that does not exist.
+    """
     if not selection:
         return list(MAIN_STEPS)
     by_index = {STEPS[name].index: name for name in MAIN_STEPS}
-    names = []
-    for item in selection:
-        name = by_index.get(int(item)) if item.isdigit() else item
-        if name not in STEPS:
-            raise SystemExit(f"error: unknown step '{item}'; use 0-13 or one of: {', '.join(STEPS)}")
-        names.append(name)
+    names = [by_index.get(int(item)) if item.isdigit() else item for item in selection]
+    unknown = [item for item, name in zip(selection, names, strict=True) if name not in STEPS]
+    if unknown:
+        raise UserError(f"Unknown roadmap step {unknown[0]!r}: use 0-13 or one of {', '.join(STEPS)}.")
     return names
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The report's options, and the ``train`` subcommand's; unknown ``train`` options go to the project's CLI."""
     parser = argparse.ArgumentParser(
         prog="python -m convnext_pl.roadmap", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--csv", help="also write the report as CSV to this file")
     parser.add_argument("--plot", help="also draw the Figure-2-style chart to this PNG file")
     commands = parser.add_subparsers(dest="command")
-    train = commands.add_parser(
-        "train", allow_abbrev=False, help="train the steps with one recipe (extra args go to the CLI)"
-    )
+    train = commands.add_parser("train", allow_abbrev=False, help="train the steps with one recipe")
     train.add_argument("--config", required=True, help="experiment YAML, e.g. configs/experiment/digits.yaml")
     train.add_argument("--epochs", type=int, required=True, help="epochs per step")
     train.add_argument("--steps", nargs="+", help="step numbers or names (default: the main line 0-13)")
-    train.add_argument("--out", default="runs/roadmap", help="folder for runs and the results table")
+    train.add_argument("--out", default="runs/roadmap", help="folder for the runs and the results table")
     train.add_argument(
-        "--width-multiplier", type=float, default=1.0, help="scale every width (0.25 for a CPU)"
+        "--width-multiplier", type=float, default=1.0, help="scale every width (0.25 on a CPU)"
     )
     train.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m convnext_pl.roadmap``: the report, or ``train`` for the ladder (see the module docstring)."""
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command != "train":
         if extra:
@@ -314,12 +333,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.plot:
             plot(rows, args.plot)
         return
+    try:
+        names = step_names(args.steps)
+    except UserError as error:
+        parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    rows = run_ladder(
-        args.config, args.epochs, _step_names(args.steps), args.out, args.width_multiplier, extra
-    )
+    rows = run_ladder(args.config, args.epochs, names, args.out, args.width_multiplier, extra)
     print(markdown_table(rows))
     print(f"\n{len(rows)} steps in {time.perf_counter() - start:.0f} s; table and chart in {args.out}")
 
