@@ -1,12 +1,19 @@
 """Callbacks: EMA validated next to the raw weights, and the top-k prediction CSV writer."""
 
 import csv
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch.nn as nn
 from lightning.pytorch.callbacks import BasePredictionWriter, EMAWeightAveraging
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_info
+
+from convnext_pl.errors import UserError
+
+# Strategies that shard the weights across ranks; the EMA copy below would be a full, unsharded model per rank.
+SHARDED_STRATEGIES = (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)
 
 
 class EMA(EMAWeightAveraging):
@@ -17,6 +24,10 @@ class EMA(EMAWeightAveraging):
     :attr:`averaged_net`, logging ``val_ema/*`` next to ``val/*``. Everything else is Lightning's: checkpoints
     store the EMA weights as ``state_dict`` (the raw ones in ``current_model_state``), resuming restores both,
     and when training ends the EMA weights are copied into the model.
+
+    The averaged copy is a full, unsharded model on every rank. That is what DDP holds anyway, but it defeats
+    sharded strategies (FSDP, FSDP2, DeepSpeed), so with those the callback refuses to start (a
+    :class:`UserError`) instead of quietly holding a full copy of the model on each device.
 
     Args:
         decay: EMA decay per update (paper: 0.9999 at batch 4096; use less for short runs).
@@ -40,6 +51,15 @@ class EMA(EMAWeightAveraging):
         )
         self.decay = decay
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            refuse_sharded_strategy(trainer.strategy)
+        with warnings.catch_warnings():
+            # Lightning warns whenever configure_model is overridden, since it cannot shard the average. Ours only
+            # converts the memory format, compiles (both carried into the copy) or shards, and sharding was refused.
+            warnings.filterwarnings("ignore", message=".*WeightAveraging doesn't support sharding")
+            super().setup(trainer, pl_module, stage)
+
     @property
     def averaged_net(self) -> nn.Module | None:
         """The EMA copy of ``pl_module.net`` while fitting, else None."""
@@ -50,6 +70,16 @@ class EMA(EMAWeightAveraging):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pass
+
+
+def refuse_sharded_strategy(strategy: Strategy) -> None:
+    """Raise :class:`UserError` when ``strategy`` shards the weights: EMA would keep a full copy on every rank."""
+    if isinstance(strategy, SHARDED_STRATEGIES):
+        raise UserError(
+            f"The EMA callback keeps a full, unsharded copy of the model on every rank, which defeats "
+            f"{type(strategy).__name__}; remove EMA from trainer.callbacks (on the command line: "
+            "--trainer.callbacks=[]) or train with trainer.strategy ddp."
+        )
 
 
 class TopKPredictionWriter(BasePredictionWriter):

@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from convnext_pl.errors import UserError
 from convnext_pl.optim import WarmupCosine, param_groups
+from convnext_pl.parallel import ShardUnit, fully_shard_network
 
 
 def _accuracy_metrics(num_classes: int) -> MetricCollection:
@@ -54,6 +55,8 @@ class ImageClassifier(LightningModule):
         channels_last: convert the network and every batch to channels_last (faster convolutions on GPUs).
         compile: compile the network in place (``nn.Module.compile``), so checkpoint keys stay unchanged.
         grad_checkpointing: recompute block activations in the backward pass to save memory.
+        shard_unit: the FSDP2 unit under ``ModelParallelStrategy`` (``configs/trainer/fsdp2.yaml``): ``"block"``
+            or ``"stage"``; ignored by every other strategy.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class ImageClassifier(LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         grad_checkpointing: bool = False,
+        shard_unit: ShardUnit = "block",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net"] if _created_in_code() else None)
@@ -120,6 +124,8 @@ class ImageClassifier(LightningModule):
     def configure_model(self) -> None:
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if self.device_mesh is not None:  # only ModelParallelStrategy sets a mesh: shard with FSDP2
+            fully_shard_network(self.net, self.device_mesh, self.hparams.shard_unit)
         if self.hparams.compile and not getattr(self, "_compiled", False):
             self.net.compile()  # in place: parameter names (and checkpoint keys) do not gain `_orig_mod.`
             self._compiled = True
