@@ -1,0 +1,169 @@
+"""Export (ONNX, TorchScript, safetensors) reproduces the trained network, and ``predict`` writes its CSV."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from sklearn.datasets import load_digits
+
+from convnext_pl.cli import cli_main
+from convnext_pl.export import export, load_network, main
+from convnext_pl.models import create_model
+from convnext_pl.models.pretrained import load_pretrained
+from convnext_pl.module import ImageClassifier
+
+ROOT = Path(__file__).parents[1]
+DIGITS = str(ROOT / "configs" / "experiment" / "digits.yaml")
+IMAGE_SIZE = 32  # the digits config's image size, which the checkpoint records
+
+
+@pytest.fixture(scope="session")
+def digits_ckpt(tmp_path_factory) -> Path:
+    """A checkpoint from a three-step digits run with EMA (decay 0.5, so EMA and raw weights clearly differ)."""
+    root = tmp_path_factory.mktemp("export_run")
+    cli = cli_main(
+        [
+            "fit",
+            f"--config={DIGITS}",
+            f"--trainer.default_root_dir={root}",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.callbacks+=convnext_pl.callbacks.EMA",
+            "--trainer.callbacks.decay=0.5",
+        ]
+    )
+    return Path(cli.trainer.checkpoint_callback.last_model_path)
+
+
+@pytest.fixture(scope="session")
+def reference_net(digits_ckpt) -> torch.nn.Module:
+    """The network as Lightning itself restores it from the checkpoint: the reference every export must match."""
+    return ImageClassifier.load_from_checkpoint(digits_ckpt, map_location="cpu").net.eval()
+
+
+def _inputs(batch: int) -> torch.Tensor:
+    return torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_load_network_restores_the_checkpoint_state_dict_which_holds_the_ema_weights(
+    digits_ckpt, reference_net
+):
+    checkpoint = torch.load(digits_ckpt, map_location="cpu", weights_only=True)
+    ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert not torch.equal(ema["net.head.weight"], raw["net.head.weight"])  # the two really differ
+    net, _ = load_network(digits_ckpt)
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(tensor, ema[f"net.{name}"]), name
+    x = _inputs(4)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), reference_net(x))
+
+
+def test_onnx_export_matches_pytorch_for_any_batch_size(digits_ckpt, reference_net, tmp_path):
+    path = export(digits_ckpt, "onnx", tmp_path / "digits.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    for batch in (1, 5):  # traced with batch 2: the batch axis is dynamic
+        x = _inputs(batch)
+        (logits,) = session.run(["logits"], {"images": x.numpy()})
+        with torch.no_grad():
+            np.testing.assert_allclose(logits, reference_net(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_torchscript_export_matches_pytorch(digits_ckpt, reference_net, tmp_path):
+    path = export(digits_ckpt, "torchscript", tmp_path / "digits.pt")
+    with pytest.warns(FutureWarning):  # PyTorch marks torch.jit deprecated; loading still works
+        scripted = torch.jit.load(str(path))
+    x = _inputs(3)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), reference_net(x))
+
+
+def test_safetensors_export_loads_into_a_fresh_model_with_load_pretrained(
+    digits_ckpt, reference_net, tmp_path
+):
+    path = export(digits_ckpt, "safetensors", tmp_path / "digits.safetensors")
+    with safe_open(str(path), "pt") as f:
+        assert '"convnext_atto"' in f.metadata()["net"]  # how to rebuild the network travels with the weights
+    fresh = load_pretrained(create_model("convnext_atto", num_classes=10, patch_size=2), path).eval()
+    x = _inputs(3)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), reference_net(x))
+
+
+def test_export_command_line_writes_the_file(digits_ckpt, tmp_path, capsys):
+    out = tmp_path / "cli.safetensors"
+    main(["--ckpt", str(digits_ckpt), "--format", "safetensors", "--out", str(out)])
+    assert out.is_file() and str(out) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "problem, argv",
+    [
+        ("missing checkpoint", ["--ckpt", "{tmp}/none.ckpt", "--format", "onnx", "--out", "{tmp}/a.onnx"]),
+        ("unknown format", ["--ckpt", "{ckpt}", "--format", "tflite", "--out", "{tmp}/a.tflite"]),
+        ("existing output", ["--ckpt", "{ckpt}", "--format", "onnx", "--out", "{tmp}/exists.onnx"]),
+        ("not a checkpoint", ["--ckpt", "{tmp}/exists.onnx", "--format", "onnx", "--out", "{tmp}/b.onnx"]),
+        ("no network config", ["--ckpt", "{tmp}/bare.ckpt", "--format", "onnx", "--out", "{tmp}/c.onnx"]),
+    ],
+)
+def test_export_errors_are_one_line_and_exit_code_2(problem, argv, digits_ckpt, tmp_path, capsys):
+    (tmp_path / "exists.onnx").write_bytes(b"not an onnx file")
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1e-3}}, tmp_path / "bare.ckpt")
+    argv = [a.format(tmp=tmp_path, ckpt=digits_ckpt) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2, problem
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert (tmp_path / "exists.onnx").read_bytes() == b"not an onnx file"  # never overwritten silently
+
+
+def test_overwrite_replaces_an_existing_output(digits_ckpt, tmp_path):
+    out = tmp_path / "digits.safetensors"
+    out.write_bytes(b"old")
+    export(digits_ckpt, "safetensors", out, overwrite=True)
+    assert out.read_bytes() != b"old"
+
+
+def _write_digit_images(folder: Path, count: int) -> dict[str, int]:
+    """Digits saved as 8-bit PNGs (white ink on black, as load_digits stores them), some in a sub-folder."""
+    digits = load_digits()
+    truths = {}
+    for i in range(count):
+        path = folder / ("nested" if i % 2 else ".") / f"digit_{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = (digits.images[i] * 255 / 16).astype(np.uint8)
+        Image.fromarray(pixels).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR).save(path)
+        truths[str(path)] = int(digits.target[i])
+    (folder / "notes.txt").write_text("not an image: predict must skip it")
+    return truths
+
+
+@pytest.mark.slow
+def test_predict_command_writes_one_csv_row_per_image(digits_ckpt, tmp_path):
+    truths = _write_digit_images(tmp_path / "images", 6)
+    runs = tmp_path / "runs"
+    command = [sys.executable, "main.py", "predict", f"--config={DIGITS}", f"--ckpt_path={digits_ckpt}"]
+    command += [f"--data.init_args.predict_dir={tmp_path / 'images'}", f"--trainer.default_root_dir={runs}"]
+    command += ["--trainer.enable_progress_bar=false"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (csv_path,) = runs.glob("**/predictions.csv")
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(row["path"] for row in rows) == sorted(truths)
+    for row in rows:
+        classes = [row[f"top{k}_class"] for k in range(1, 6)]
+        probs = [float(row[f"top{k}_prob"]) for k in range(1, 6)]
+        assert set(classes) <= {str(d) for d in range(10)} and len(set(classes)) == 5
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5
