@@ -39,5 +39,27 @@ format: install ## Apply ruff's formatter and safe fixes.
 summary: install ## Params, GFLOPs and feature maps of MODEL (default convnext_tiny).
 	$(PY) -m convnext_pl.models.summary --model $(or $(MODEL),convnext_tiny)
 
+roadmap: install ## Print the ResNet-50 -> ConvNeXt-T roadmap table (params, GFLOPs vs the paper).
+	$(PY) -m convnext_pl.roadmap
+
+ladder: install ## Train every roadmap step on the digits default (EPOCHS=2) and write results to runs/ladder.
+	$(PY) -m convnext_pl.roadmap train --config configs/experiment/digits.yaml --epochs $(or $(EPOCHS),2) --out runs/ladder
+
+figures: install ## Regenerate docs/figures: the roadmap chart and the demo's training curves (runs the demo).
+	@mkdir -p docs/figures
+	$(PY) -m convnext_pl.roadmap --plot docs/figures/roadmap.png
+	$(PY) main.py fit --config configs/experiment/digits.yaml --trainer.default_root_dir runs/figures --run_name demo \
+		--trainer.enable_progress_bar false
+	$(PY) -m convnext_pl.analysis curves "$$(ls -d runs/figures/demo/version_* | sort -V | tail -n 1)/metrics.csv" \
+		--out docs/figures/digits_curves.png
+
+bench: install ## CPU training-throughput benchmarks (issue targets) into runs/bench/*.json.
+	@mkdir -p runs/bench
+	$(PY) benchmarks/train_throughput.py --device cpu --model convnext_atto --image-size 32 --batch-size 64 \
+		--steps 20 --json runs/bench/atto_32.json
+	$(PY) benchmarks/train_throughput.py --device cpu --model convnext_tiny --image-size 224 --batch-size 8 \
+		--steps 10 --json runs/bench/tiny_224.json
+	$(PY) benchmarks/data_throughput.py --workers 0 1 2 --json runs/bench/data.json
+
 clean: ## Remove run outputs and caches (keeps .venv).
 	rm -rf runs .pytest_cache .ruff_cache
