@@ -4,22 +4,33 @@
 same thing. Beyond LightningCLI's defaults this adds: the data's class count flows into ``model.net`` (written once,
 a contradiction is an error), runs land in ``runs/<run_name>/version_N`` with CSV (and TensorBoard, when installed)
 logs, a configurable best/last checkpoint callback, and errors the user caused end in one line and exit code 2.
+For interrupted runs (see docs/troubleshooting.md): checkpoints are written atomically, ``last.ckpt`` is refreshed
+every ``--checkpoint.every_n_train_steps`` and on SIGTERM (exit code 143), ``--ckpt_path last`` finds the newest
+``last.ckpt`` of the run name, and a non-finite loss stops the run (``--nonfinite_loss.action skip`` skips the step).
 """
 
 import importlib
+import os
+import signal
 import sys
 from pathlib import Path
 
 from lightning import LightningDataModule
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from convnext_pl.callbacks import TopKPredictionWriter
+from convnext_pl.checkpointing import AtomicCheckpointIO, RunCheckpoint, find_last_checkpoint
 from convnext_pl.errors import UserError
 from convnext_pl.module import ImageClassifier
+from convnext_pl.reliability import NonFiniteLossGuard, StepSeeding
 
 USER_ERROR_EXIT_CODE = 2
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM (143)
 
 
 class ConvNeXtCLI(LightningCLI):
@@ -37,6 +48,7 @@ class ConvNeXtCLI(LightningCLI):
             LightningDataModule,
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # the module builds its own parameter groups and schedule
+            save_config_callback=NoOverwriteSaveConfig,
             args=args,
             run=run,
             **kwargs,
@@ -49,7 +61,10 @@ class ConvNeXtCLI(LightningCLI):
             default=None,
             help="Runs go to <trainer.default_root_dir>/<run_name>/version_N (default: the first config's file name).",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # Callback groups are always added, whatever trainer.callbacks a config sets.
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite_loss")
+        parser.add_lightning_class_args(StepSeeding, "step_seeding")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc1",
@@ -64,6 +79,7 @@ class ConvNeXtCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         self._link_num_classes(config)
         self._run_name = config.get("run_name") or _first_config_stem(config) or "default"
+        self._check_outputs(config)
 
     def _link_num_classes(self, config) -> None:
         """Give ``model.net`` the data's class count unless the config wrote one; a contradiction is an error."""
@@ -85,11 +101,52 @@ class ConvNeXtCLI(LightningCLI):
                 "remove num_classes from the model config (it follows the data)."
             )
 
+    def _check_outputs(self, config) -> None:
+        """Resolve ``--ckpt_path last`` to the newest ``last.ckpt`` of this run name, refuse a checkpoint path
+        that does not exist, and refuse to write a new run's checkpoints into a folder that holds a run's."""
+        ckpt_path = config.get("ckpt_path")
+        dirpath = (config.get("checkpoint") or {}).get("dirpath")
+        if ckpt_path == "best":
+            raise UserError(
+                "--ckpt_path best refers to the best checkpoint of a fit in the same process; pass the path "
+                "printed as 'Best checkpoint' when the run ended"
+            )
+        if ckpt_path == "last":
+            run_dir = Path(config.trainer.get("default_root_dir") or "runs") / self._run_name
+            found = find_last_checkpoint(run_dir)
+            if dirpath:  # an explicit checkpoint folder may hold the run instead
+                found = max(
+                    [p for p in (found, *Path(dirpath).glob("last*.ckpt")) if p is not None],
+                    key=lambda p: p.stat().st_mtime,
+                    default=None,
+                )
+            if found is None:
+                raise UserError(
+                    f"--ckpt_path last found no last.ckpt under {run_dir}/version_*/checkpoints; start the run "
+                    "without --ckpt_path, or give --run_name / --trainer.default_root_dir of the run to resume"
+                )
+            config.ckpt_path = str(found)  # config.yaml records the exact file
+            rank_zero_info(f"Resuming from {found}")
+        elif (
+            ckpt_path and "://" not in str(ckpt_path) and ckpt_path != "hpc" and not Path(ckpt_path).is_file()
+        ):
+            raise UserError(
+                f"--ckpt_path {ckpt_path} does not exist; give a .ckpt file, or 'last' to resume this run"
+            )
+        if self.subcommand == "fit" and dirpath and not ckpt_path and any(Path(dirpath).glob("*.ckpt")):
+            raise UserError(
+                f"checkpoint.dirpath {dirpath} already holds checkpoints of an earlier run; choose an empty "
+                "folder, or resume that run with --ckpt_path last"
+            )
+
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = self._default_loggers(trainer_config.get("default_root_dir") or "runs")
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep any other plugin a config chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def _default_loggers(self, root: str) -> list[Logger]:
         """CSV always (notebooks read its metrics.csv); TensorBoard beside it, same folder, when installed."""
@@ -119,6 +176,24 @@ class ConvNeXtCLI(LightningCLI):
         print("\n".join(lines), flush=True)
 
 
+class NoOverwriteSaveConfig(SaveConfigCallback):
+    """Lightning's config.yaml writer, refusing in one sentence rather than a traceback to overwrite the
+    config of an earlier run (a fixed logger version, or ``--trainer.logger false`` run twice)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.save_to_log_dir and not self.overwrite and not self.already_saved:
+            path = os.path.join(
+                trainer.log_dir, self.config_filename
+            )  # log_dir: a broadcast, asked on every rank
+            exists = trainer.strategy.broadcast(os.path.isfile(path) if trainer.is_global_zero else False)
+            if exists:
+                raise UserError(
+                    f"{path} already exists: that folder holds an earlier run, which this one would overwrite; "
+                    "set another --trainer.default_root_dir or --run_name"
+                )
+        super().setup(trainer, pl_module, stage)
+
+
 def _first_config_stem(config) -> str | None:
     paths = config.get("config") or []
     return Path(str(paths[0])).stem if paths else None
@@ -136,10 +211,18 @@ def _one_line(error: BaseException) -> str:
 def cli_main(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
     """Run the CLI (``args`` as on the command line; None reads ``sys.argv``) and return it.
 
-    Errors the user caused print ``error: <one sentence>`` to stderr and raise ``SystemExit(2)``.
+    Errors the user caused print ``error: <one sentence>`` to stderr and raise ``SystemExit(2)``; a run stopped
+    by SIGTERM (after saving ``last.ckpt``) raises ``SystemExit(143)``.
     """
     try:
         return ConvNeXtCLI(args=args, run=run)
     except UserError as error:
         print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
+    except MisconfigurationException as error:
+        # Lightning's exception for settings it cannot run with (an accelerator this machine does not have ...).
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None
+    except SIGTERMException:
+        # Lightning exits with status 0 after SIGTERM; a scheduler must not mistake a preempted run for a finished one.
+        raise SystemExit(SIGTERM_EXIT_CODE) from None

@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from convnext_pl.checkpointing import first_state_mismatch
 from convnext_pl.errors import UserError
 from convnext_pl.optim import WarmupCosine, param_groups
 from convnext_pl.parallel import ShardUnit, fully_shard_network
@@ -130,6 +131,18 @@ class ImageClassifier(LightningModule):
             self.net.compile()  # in place: parameter names (and checkpoint keys) do not gain `_orig_mod.`
             self._compiled = True
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called before the weights are loaded. load_state_dict would list every mismatch at once; a checkpoint
+        # of another model or class count (a --ckpt_path of another run, a changed config) gets one sentence.
+        state = checkpoint.get("state_dict")  # absent in distributed checkpoints, which load themselves
+        problem = first_state_mismatch(state, self.state_dict()) if state and self.strict_loading else ""
+        if problem:
+            path = self._trainer.ckpt_path if self._trainer is not None else "being loaded"
+            raise UserError(
+                f"checkpoint {path} does not fit this model: {problem}; resume with the model and data settings "
+                "it was trained with (the config.yaml of its run)"
+            )
+
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last and x.ndim == 4:
@@ -206,7 +219,12 @@ class ImageClassifier(LightningModule):
             group["lr"] = (
                 peak_lr * group["lr_scale"]
             )  # LambdaLR scales each group's own lr, keeping the ratio
-        optimizer = AdamW(groups, lr=peak_lr, betas=tuple(hp.betas), eps=hp.eps)
+        try:
+            optimizer = AdamW(groups, lr=peak_lr, betas=tuple(hp.betas), eps=hp.eps)
+        except ValueError as err:  # torch.optim validates its hyperparameters: "Invalid learning rate: -0.1"
+            raise UserError(
+                f"{err}; set model.lr, model.weight_decay, model.betas and model.eps in range"
+            ) from err
 
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         if hp.warmup_steps is not None:

@@ -16,6 +16,7 @@ from convnext_pl.data import (
     SyntheticDataModule,
 )
 from convnext_pl.data.digits import DIGITS_MEAN, DIGITS_STD
+from convnext_pl.data.resumable import ResumableSampler
 from convnext_pl.errors import UserError
 
 
@@ -144,7 +145,7 @@ def test_loaders_follow_the_contract():
     module.setup("fit")
     train, val = module.train_dataloader(), module.val_dataloader()
     assert train.drop_last and not val.drop_last
-    assert isinstance(train.sampler, torch.utils.data.RandomSampler)
+    assert isinstance(train.sampler, ResumableSampler) and train.sampler.shuffle  # resumable mid-epoch
     assert isinstance(val.sampler, torch.utils.data.SequentialSampler)
     assert train.persistent_workers and train.batch_size == module.batch_size
     in_process = SyntheticDataModule(num_workers=0)

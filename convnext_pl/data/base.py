@@ -1,6 +1,7 @@
 """The base every classification data module shares: argument storage, the four loaders, and prediction
 over a folder of loose images."""
 
+import os
 from collections.abc import Callable, Sequence
 
 import lightning as L
@@ -9,6 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from convnext_pl.data.images import ImagePathDataset
+from convnext_pl.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
 from convnext_pl.errors import UserError
 
 
@@ -43,6 +45,8 @@ class ClassificationDataModule(L.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
         self.predict_dataset: ImagePathDataset | None = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict | None = None  # from a checkpoint, for the next train_dataloader()
 
     @property
     def num_classes(self) -> int:
@@ -91,10 +95,16 @@ class ClassificationDataModule(L.LightningDataModule):
     ) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup('{stage}') must run before its data loader")
-        return DataLoader(
+        loader_class, sampler = DataLoader, None
+        if train:
+            # Order and augmentations depend only on (seed, epoch, sample) and the loader's position is saved in
+            # checkpoints: a run resumed mid-epoch sees the batches an uninterrupted one would (resumable.py).
+            loader_class, sampler = ResumableDataLoader, self._train_sampler(dataset)
+            dataset = SeededSamples(dataset)
+        return loader_class(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=sampler,
             # Mixup/CutMix mix a batch with its flipped self and need every batch full (official main.py).
             drop_last=train,
             num_workers=self.num_workers,
@@ -104,9 +114,39 @@ class ClassificationDataModule(L.LightningDataModule):
             collate_fn=collate_fn,
         )
 
+    def _train_sampler(self, dataset: Dataset) -> ResumableSampler:
+        trainer = self.trainer
+        return ResumableSampler(
+            dataset,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            # The --seed_everything value, read as Lightning's own DistributedSampler reads it (0 when unseeded).
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        )
+
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches; the last incomplete batch is dropped."""
-        return self._loader(self.train_dataset, "fit", train=True, persistent=True)
+        """Shuffled training batches, resumable mid-epoch; the last incomplete batch is dropped."""
+        self._train_loader = self._loader(self.train_dataset, "fit", train=True, persistent=True)
+        if self._train_loader_state:
+            self._train_loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        return self._train_loader
+
+    def state_dict(self) -> dict:
+        """Where the training loader stands; checkpoints keep it so a resumed run continues with the next batch.
+
+        Lightning also keeps loader states with its loops, but restores them only into a loader built after the
+        checkpoint is read, and ``configure_optimizers`` (``estimated_stepping_batches``) builds it before.
+        """
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_loader_state = state_dict.get("train_loader")
+        if (
+            self._train_loader is not None and self._train_loader_state
+        ):  # built before the checkpoint was read
+            self._train_loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in a fixed order."""
