@@ -1,0 +1,70 @@
+"""Test-only callbacks that break a run on purpose, passed by class path through ``--trainer.callbacks``.
+
+Subprocess tests put this folder on ``PYTHONPATH`` and name them as ``reliability_helpers.<Class>``.
+"""
+
+import os
+import signal
+import time
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class SignalAtStep(Callback):
+    """Sends ``signal_name`` to this process when the batch that starts at ``step`` begins.
+
+    Args:
+        step: the global step (optimizer steps done) at which the signal is sent.
+        signal_name: "SIGKILL" (the process dies at once) or "SIGTERM" (Lightning stops after the batch).
+    """
+
+    def __init__(self, step: int, signal_name: str = "SIGKILL"):
+        self.step = step
+        self.signal_name = signal_name
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class RaiseOnRank(Callback):
+    """Raises on one rank when ``step`` begins, after writing the time to ``stamp_file``.
+
+    Args:
+        rank: the global rank that fails.
+        step: the global step at which it fails.
+        stamp_file: where the time of the failure (``time.time()``) is written.
+    """
+
+    def __init__(self, rank: int, step: int, stamp_file: str):
+        self.rank = rank
+        self.step = step
+        self.stamp_file = stamp_file
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            with open(self.stamp_file, "w") as f:
+                f.write(str(time.time()))
+            raise RuntimeError(f"test failure on rank {self.rank} at step {self.step}")
+
+
+class PoisonBatches(Callback):
+    """Fills the images of the batches that start at the given global steps with NaN (so the loss is NaN),
+    and records a checksum of the weights at the start of every batch.
+
+    Args:
+        steps: global steps whose batch is poisoned.
+    """
+
+    def __init__(self, steps: list[int]):
+        self.steps = set(steps)
+        self.weight_sums: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with torch.no_grad():
+            self.weight_sums[trainer.global_step] = sum(
+                p.double().sum().item() for p in pl_module.parameters()
+            )
+        if trainer.global_step in self.steps:
+            batch[0].fill_(float("nan"))
