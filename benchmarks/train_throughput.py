@@ -1,0 +1,354 @@
+"""Training images/s and peak memory: this project's Lightning path, a bare PyTorch loop, and timm's model.
+
+    python benchmarks/train_throughput.py --device cpu --model convnext_atto --image-size 32 --batch-size 64 \\
+        --steps 10 --json runs/bench/atto_32.json
+    python benchmarks/train_throughput.py --device cuda --model convnext_tiny --image-size 224 --batch-size 128 \\
+        --precision bf16-mixed --channels-last --compile --json runs/bench/tiny_224_cuda.json
+
+Three paths train the same variant on the same synthetic batches (``SyntheticDataModule``'s loader):
+
+- ``lightning``: the real ``Trainer.fit`` of ``ImageClassifier`` (logging, checkpointing, validation off);
+- ``bare``: our network in a plain loop with the same AdamW parameter groups, warm-up + cosine schedule,
+  precision (autocast, plus a GradScaler for 16-mixed), compile and channels_last;
+- ``timm``: ``timm.create_model(name, pretrained=False)`` in that same plain loop.
+
+``lightning_over_bare`` is the cost of the framework; ``ours_over_timm`` (bare / timm) compares the two model
+implementations. Each measurement times ``--steps`` steps after ``--warmup`` untimed ones; the paths run
+interleaved (in a rotating order) ``--repeats`` times and the medians are reported. Peak memory is the
+process RSS sampled during each timed window on the CPU (it includes every model alive in the process) and
+``torch.cuda.max_memory_allocated`` on a GPU, where model-FLOPs utilisation is also reported.
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lightning as L
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
+
+from convnext_pl.data import SyntheticDataModule
+from convnext_pl.models import create_model
+from convnext_pl.models.flops import count_macs
+from convnext_pl.module import ImageClassifier
+from convnext_pl.optim import WarmupCosine, param_groups
+
+PATHS = ("lightning", "bare", "timm")
+LR, WEIGHT_DECAY = 4e-3, 0.05  # the paper's recipe (spec section 4); the schedule spans the whole benchmark
+
+# Dense tensor-core peaks in TFLOP/s (vendor datasheets, SXM parts) for model-FLOPs utilisation; --peak-tflops
+# overrides. fp32 rows are TF32 on Ampere and newer (what cuDNN uses for convolutions by default).
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.5},
+    "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.5},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0},
+    "V100": {"bf16": None, "fp16": 125.0, "fp32": 15.7},
+}
+
+
+# ------------------------------------------------------------------------------------------------- measuring
+class MemoryMeter:
+    """Peak memory of a timed window: CUDA's allocator peak, or the process RSS sampled every 2 ms on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.peak_bytes = 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int:
+        if self.device.type == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        return self.peak_bytes
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, _rss_bytes())
+            self._stop.wait(0.002)
+
+
+def _rss_bytes() -> int:
+    try:  # Linux: the current resident set (pages) of this process
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # elsewhere fall back to the lifetime peak, which still bounds the window's
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Window:
+    """Times ``steps`` training steps and their peak memory; ``sync`` waits for queued GPU work."""
+
+    def __init__(self, device: torch.device, steps: int):
+        self.device, self.steps, self.memory = device, steps, MemoryMeter(device)
+        self.images_per_s = self.peak_bytes = 0.0
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        self.sync()
+        self.memory.start()
+        self._start = time.perf_counter()
+
+    def stop(self, batch_size: int) -> None:
+        self.sync()
+        elapsed = time.perf_counter() - self._start
+        self.peak_bytes = self.memory.stop()
+        self.images_per_s = batch_size * self.steps / elapsed
+
+
+# ------------------------------------------------------------------------------------------------------ paths
+class _LightningWindow(L.Callback):
+    """Opens the window at the first timed batch and closes it after the last one, inside ``Trainer.fit``."""
+
+    def __init__(self, window: Window, warmup: int, batch_size: int):
+        self.window, self.warmup, self.batch_size = window, warmup, batch_size
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.window.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.warmup + self.window.steps - 1:
+            self.window.stop(self.batch_size)
+
+
+def measure_lightning(module: ImageClassifier, data: SyntheticDataModule, args) -> Window:
+    window = Window(torch.device(args.device), args.steps)
+    trainer = L.Trainer(
+        accelerator="gpu" if args.device == "cuda" else "cpu",
+        devices=1,
+        precision=args.precision,
+        max_steps=args.warmup + args.steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[_LightningWindow(window, args.warmup, args.batch_size)],
+    )
+    trainer.fit(module, data)
+    return window
+
+
+class BareLoop:
+    """The plain PyTorch training loop: what ``Trainer.fit`` does for ``ImageClassifier``, minus Lightning.
+
+    Args:
+        net: the network (ours or timm's), already on the device.
+        args: the parsed command line (device, precision, compile, channels_last, steps).
+        total_steps: optimizer steps the schedule spans (the benchmark's whole length, as in the fit path).
+    """
+
+    def __init__(self, net: nn.Module, args, total_steps: int):
+        self.device = torch.device(args.device)
+        self.channels_last = args.channels_last
+        if args.channels_last:
+            net.to(memory_format=torch.channels_last)
+        if args.compile:
+            net.compile()
+        self.net = net
+        groups = param_groups(net, WEIGHT_DECAY)
+        for group in groups:
+            group["lr"] = LR * group["lr_scale"]
+        self.optimizer = AdamW(groups, lr=LR)
+        self.scheduler = LambdaLR(self.optimizer, WarmupCosine(0, total_steps))
+        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.precision == "16-mixed")
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            loss = F.cross_entropy(self.net(images), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def measure(self, batches: Callable[[], Iterator], warmup: int, steps: int, batch_size: int) -> Window:
+        window = Window(self.device, steps)
+        for index, (images, targets) in enumerate(batches()):
+            if index == warmup:
+                window.start()
+            self.step(images, targets)
+            if index == warmup + steps - 1:
+                window.stop(batch_size)
+                break
+        return window
+
+
+# ------------------------------------------------------------------------------------------------------- main
+def build(args) -> tuple[dict[str, Callable[[], Window]], dict]:
+    """The three measurements as callables, plus facts about the models (parameters, MACs)."""
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model_args = {"num_classes": args.num_classes}
+    if args.patch_size is not None:
+        model_args["patch_size"] = args.patch_size
+    data = SyntheticDataModule(
+        num_classes=args.num_classes,
+        image_size=args.image_size,
+        train_size=args.batch_size * (args.warmup + args.steps),
+        batch_size=args.batch_size,
+    )
+    data.setup("fit")
+    ours = create_model(args.model, **model_args)
+    theirs = timm.create_model(args.model, pretrained=False, **model_args)
+    info = {
+        "params_ours": sum(p.numel() for p in ours.parameters()),
+        "params_timm": sum(p.numel() for p in theirs.parameters()),
+        "macs_per_image": count_macs(ours, args.image_size),
+    }
+    module = ImageClassifier(
+        create_model(args.model, **model_args), lr=LR, channels_last=args.channels_last, compile=args.compile
+    )
+    total_steps = (args.repeats + 1) * (args.warmup + args.steps)
+    bare = BareLoop(ours.to(device), args, total_steps)
+    timm_loop = BareLoop(theirs.to(device), args, total_steps)
+    measurements = {
+        "lightning": lambda: measure_lightning(module, data, args),
+        "bare": lambda: bare.measure(data.train_dataloader, args.warmup, args.steps, args.batch_size),
+        "timm": lambda: timm_loop.measure(data.train_dataloader, args.warmup, args.steps, args.batch_size),
+    }
+    return measurements, info
+
+
+def run(args) -> dict:
+    """Interleaved repeats (one untimed round first), medians, ratios and the environment, as one dict."""
+    measurements, info = build(args)
+    load_before = _load_average()
+    for path in PATHS:  # untimed round: compilation, allocator growth, first-touch page faults
+        measurements[path]()
+    rates: dict[str, list[float]] = {path: [] for path in PATHS}
+    peaks: dict[str, list[float]] = {path: [] for path in PATHS}
+    for repeat in range(args.repeats):
+        for path in PATHS[repeat % 3 :] + PATHS[: repeat % 3]:  # rotate so no path always runs first
+            window = measurements[path]()
+            rates[path].append(round(window.images_per_s, 2))
+            peaks[path].append(window.peak_bytes / 2**20)
+            print(f"repeat {repeat}  {path:<9} {window.images_per_s:9.1f} images/s", flush=True)
+    median = {path: statistics.median(rates[path]) for path in PATHS}
+    result = {
+        "lightning_img_s": median["lightning"],
+        "bare_img_s": median["bare"],
+        "timm_img_s": median["timm"],
+        "lightning_over_bare": round(median["lightning"] / median["bare"], 4),
+        "ours_over_timm": round(median["bare"] / median["timm"], 4),
+        "peak_memory_mib": {path: round(max(peaks[path]), 1) for path in PATHS},
+        "memory_kind": "cuda_max_memory_allocated" if args.device == "cuda" else "process_rss",
+        "repeats_img_s": rates,
+        **info,
+    }
+    if args.device == "cuda":
+        result["mfu"] = _mfu(median, info["macs_per_image"], args)
+    result["config"] = {k: v for k, v in vars(args).items() if k != "json"}
+    result["environment"] = _environment(args, load_before)
+    return result
+
+
+def _mfu(median: dict[str, float], macs_per_image: int, args) -> dict | None:
+    """Model-FLOPs utilisation: a training step costs about 3 forward passes, 2 FLOPs per multiply-add."""
+    name = torch.cuda.get_device_name()
+    kind = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(args.precision, "fp32")
+    peak = args.peak_tflops or next((v[kind] for k, v in PEAK_TFLOPS.items() if k in name), None)
+    if not peak:
+        return None
+    return {path: round(rate * 6 * macs_per_image / (peak * 1e12), 4) for path, rate in median.items()}
+
+
+def _load_average() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def _environment(args, load_before) -> dict:
+    device = (
+        torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    )
+    return {
+        "device": device,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_before": load_before,
+        "load_average_after": _load_average(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--model", default="convnext_atto", help="a variant both this project and timm name")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved measurements per path (median)")
+    parser.add_argument("--precision", choices=["32-true", "bf16-mixed", "16-mixed"], default="32-true")
+    parser.add_argument("--compile", action="store_true", help="nn.Module.compile() every network")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last weights and batches")
+    parser.add_argument(
+        "--patch-size", type=int, help="stem patch size (ours: total stride drops; timm: kept)"
+    )
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    parser.add_argument(
+        "--peak-tflops", type=float, help="the GPU's peak for MFU (default: from a small table)"
+    )
+    parser.add_argument("--json", type=Path, help="write the results to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # else a device banner per repeat
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args)
+    summary = {k: result[k] for k in ("lightning_img_s", "bare_img_s", "timm_img_s")}
+    summary |= {k: result[k] for k in ("lightning_over_bare", "ours_over_timm", "peak_memory_mib")}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
