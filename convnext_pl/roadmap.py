@@ -2,7 +2,7 @@
 
 ``python -m convnext_pl.roadmap [--csv FILE] [--plot FILE.png]`` prints params and GFLOPs of every step beside the
 paper's numbers. ``python -m convnext_pl.roadmap train --config <experiment yaml> --epochs N [--steps 0 5 13]
-[--out DIR] [--width-multiplier M] [--<cli key> <value> ...]`` trains the steps with one recipe through the
+[--out DIR] [--width-multiplier M] [--threads T] [--<cli key> <value> ...]`` trains the steps with one recipe through the
 project's CLI and writes the measured table (CSV, Markdown) and chart. The networks are in
 ``convnext_pl.models.roadmap``; this module only measures and presents them.
 """

@@ -25,6 +25,16 @@ from convnext_pl.models.convnext import LN_EPS, ClassifierMixin, _init_weights, 
 from convnext_pl.models.layer_groups import block_layer_ids
 from convnext_pl.models.registry import register_model
 
+# The values each categorical switch of RoadmapConfig takes.
+_CHOICES = {
+    "stem": ("resnet", "patchify"),
+    "act": ("relu", "gelu"),
+    "acts_per_block": (1, 3),
+    "norm": ("batch", "layer"),
+    "norms_per_block": (1, 3),
+    "downsampling": ("in_block", "separate"),
+}
+
 
 @dataclass(frozen=True)
 class RoadmapConfig:
@@ -74,30 +84,21 @@ class RoadmapConfig:
 
     def __post_init__(self):
         # The switches are reachable from the command line through create_model, hence UserError.
-        checks = [
-            (
-                len(self.depths) == len(self.dims),
-                f"depths {self.depths} and dims {self.dims} need equal lengths",
-            ),
-            (self.stem in ("resnet", "patchify"), f"stem must be 'resnet' or 'patchify', not {self.stem!r}"),
-            (
-                self.stem == "patchify" or self.patch_size in (1, 2, 4),
-                "a ResNet stem's patch_size is 1, 2 or 4",
-            ),
-            (self.patch_size >= 1, f"patch_size must be positive, not {self.patch_size}"),
-            (
-                self.kernel_size % 2 == 1,
-                f"kernel_size must be odd to keep the map size, not {self.kernel_size}",
-            ),
-            (self.act in ("relu", "gelu"), f"act must be 'relu' or 'gelu', not {self.act!r}"),
-            (self.norm in ("batch", "layer"), f"norm must be 'batch' or 'layer', not {self.norm!r}"),
-            (self.acts_per_block in (1, 3), f"acts_per_block must be 1 or 3, not {self.acts_per_block}"),
-            (self.norms_per_block in (1, 3), f"norms_per_block must be 1 or 3, not {self.norms_per_block}"),
-            (self.downsampling in ("in_block", "separate"), f"unknown downsampling {self.downsampling!r}"),
+        problems = [
+            f"{name} must be one of {allowed}, not {getattr(self, name)!r}"
+            for name, allowed in _CHOICES.items()
+            if getattr(self, name) not in allowed
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"Invalid roadmap architecture: {message}.")
+        if len(self.depths) != len(self.dims):
+            problems.append(f"depths {self.depths} and dims {self.dims} need equal lengths")
+        if self.stem == "resnet" and self.patch_size not in (1, 2, 4):
+            problems.append(f"a ResNet stem's patch_size is 1, 2 or 4, not {self.patch_size}")
+        if self.patch_size < 1:
+            problems.append(f"patch_size must be positive, not {self.patch_size}")
+        if self.kernel_size % 2 == 0:
+            problems.append(f"kernel_size must be odd to keep the map size, not {self.kernel_size}")
+        if problems:
+            raise UserError(f"Invalid roadmap architecture: {problems[0]}.")
 
     @property
     def norm_after(self) -> tuple[bool, bool, bool]:
