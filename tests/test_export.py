@@ -14,14 +14,13 @@ from safetensors import safe_open
 from sklearn.datasets import load_digits
 
 from convnext_pl.cli import cli_main
-from convnext_pl.export import export, load_network, main
+from convnext_pl.export import export, load_network, main, recorded_image_size
 from convnext_pl.models import create_model
 from convnext_pl.models.pretrained import load_pretrained
 from convnext_pl.module import ImageClassifier
 
 ROOT = Path(__file__).parents[1]
 DIGITS = str(ROOT / "configs" / "experiment" / "digits.yaml")
-IMAGE_SIZE = 32  # the digits config's image size, which the checkpoint records
 
 
 @pytest.fixture(scope="session")
@@ -50,12 +49,20 @@ def reference_net(digits_ckpt) -> torch.nn.Module:
     return ImageClassifier.load_from_checkpoint(digits_ckpt, map_location="cpu").net.eval()
 
 
-def _inputs(batch: int) -> torch.Tensor:
-    return torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE)
+@pytest.fixture(scope="session")
+def image_size(digits_ckpt) -> int:
+    """The digits config's image size as the checkpoint records it: the size exports trace the graph at."""
+    size = recorded_image_size(torch.load(digits_ckpt, map_location="cpu", weights_only=True))
+    assert size is not None
+    return size
+
+
+def _inputs(batch: int, size: int) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size)
 
 
 def test_load_network_restores_the_checkpoint_state_dict_which_holds_the_ema_weights(
-    digits_ckpt, reference_net
+    digits_ckpt, reference_net, image_size
 ):
     checkpoint = torch.load(digits_ckpt, map_location="cpu", weights_only=True)
     ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
@@ -63,39 +70,42 @@ def test_load_network_restores_the_checkpoint_state_dict_which_holds_the_ema_wei
     net, _ = load_network(digits_ckpt)
     for name, tensor in net.state_dict().items():
         assert torch.equal(tensor, ema[f"net.{name}"]), name
-    x = _inputs(4)
+    x = _inputs(4, image_size)
     with torch.no_grad():
         torch.testing.assert_close(net(x), reference_net(x))
 
 
-def test_onnx_export_matches_pytorch_for_any_batch_size(digits_ckpt, reference_net, tmp_path):
+def test_onnx_export_matches_pytorch_for_any_batch_size(digits_ckpt, reference_net, image_size, tmp_path):
     path = export(digits_ckpt, "onnx", tmp_path / "digits.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["images"]
+    (images,) = session.get_inputs()
+    # Spatial size fixed at the size the checkpoint's data used; the batch axis symbolic.
+    assert images.name == "images" and images.shape[1:] == [3, image_size, image_size]
+    assert isinstance(images.shape[0], str)
     for batch in (1, 5):  # traced with batch 2: the batch axis is dynamic
-        x = _inputs(batch)
+        x = _inputs(batch, image_size)
         (logits,) = session.run(["logits"], {"images": x.numpy()})
         with torch.no_grad():
             np.testing.assert_allclose(logits, reference_net(x).numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_torchscript_export_matches_pytorch(digits_ckpt, reference_net, tmp_path):
+def test_torchscript_export_matches_pytorch(digits_ckpt, reference_net, image_size, tmp_path):
     path = export(digits_ckpt, "torchscript", tmp_path / "digits.pt")
     with pytest.warns(FutureWarning):  # PyTorch marks torch.jit deprecated; loading still works
         scripted = torch.jit.load(str(path))
-    x = _inputs(3)
+    x = _inputs(3, image_size)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), reference_net(x))
 
 
 def test_safetensors_export_loads_into_a_fresh_model_with_load_pretrained(
-    digits_ckpt, reference_net, tmp_path
+    digits_ckpt, reference_net, image_size, tmp_path
 ):
     path = export(digits_ckpt, "safetensors", tmp_path / "digits.safetensors")
     with safe_open(str(path), "pt") as f:
         assert '"convnext_atto"' in f.metadata()["net"]  # how to rebuild the network travels with the weights
     fresh = load_pretrained(create_model("convnext_atto", num_classes=10, patch_size=2), path).eval()
-    x = _inputs(3)
+    x = _inputs(3, image_size)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), reference_net(x))
 
@@ -143,7 +153,7 @@ def _write_digit_images(folder: Path, count: int) -> dict[str, int]:
         path = folder / ("nested" if i % 2 else ".") / f"digit_{i}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         pixels = (digits.images[i] * 255 / 16).astype(np.uint8)
-        Image.fromarray(pixels).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR).save(path)
+        Image.fromarray(pixels).resize((24, 24), Image.BILINEAR).save(path)  # any size: predict resizes
         truths[str(path)] = int(digits.target[i])
     (folder / "notes.txt").write_text("not an image: predict must skip it")
     return truths

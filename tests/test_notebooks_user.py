@@ -19,6 +19,7 @@ from convnext_pl.analysis import (
     sample_photo_crops,
     stage_feature_maps,
 )
+from convnext_pl.analysis.__main__ import main as analysis_main
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model
 
@@ -50,6 +51,18 @@ def test_read_metrics_collects_each_metric_with_its_step_and_epoch(tmp_path):
 def test_read_metrics_without_a_csv_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="No metrics.csv"):
         read_metrics(tmp_path)
+
+
+def test_curves_command_draws_a_run_to_png_and_refuses_a_missing_run_in_one_line(tmp_path, capsys):
+    rows = ["epoch,step,train/loss,val/loss,val/acc1", "0,9,2.0,,", "0,21,,1.0,0.5", "1,43,,0.5,0.8"]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "figures" / "curves.png"
+    analysis_main(["curves", str(tmp_path / "metrics.csv"), "--out", str(out)])
+    assert out.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(SystemExit) as exit_info:
+        analysis_main(["curves", str(tmp_path / "no_run"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: No metrics.csv") and err.count("\n") == 1
 
 
 class _OneConv(nn.Module):
