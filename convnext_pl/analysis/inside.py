@@ -87,8 +87,11 @@ def plot_receptive_fields(
     for ax, (name, erf) in zip(axes, erfs.items(), strict=True):
         shown = (erf / erf.max()).clamp(min=1e-3).numpy()
         image = ax.imshow(shown, cmap="magma", norm=LogNorm(vmin=1e-3, vmax=1))
-        shares = ", ".join(f"{f:.0%} in {high_contribution_area_ratio(erf, f):.1%}" for f in fractions)
-        ax.set_title(f"{name}\ngradient share in image share: {shares}", fontsize=9)
+        shares = [
+            f"{f:.0%} of the gradient in {high_contribution_area_ratio(erf, f):.1%} of the image"
+            for f in fractions
+        ]
+        ax.set_title("\n".join([name, *shares]), fontsize=9)
         ax.axis("off")
     fig.colorbar(image, ax=axes.tolist(), shrink=0.8, label="|d centre / d pixel|, relative to max")
     return fig
