@@ -26,6 +26,7 @@ from convnext_pl.errors import UserError
 from convnext_pl.models import create_model
 from convnext_pl.models.convnext import Block
 from convnext_pl.module import ImageClassifier
+from convnext_pl.parallel import fully_shard_network, shard_units
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -221,6 +222,48 @@ def test_fsdp2_yaml_is_pure_data_parallel():
     trainer = yaml.safe_load((REPO / "configs/trainer/fsdp2.yaml").read_text())["trainer"]
     assert strategy._data_parallel_size == trainer["devices"] * trainer["num_nodes"]
     assert strategy._tensor_parallel_size == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "unit", "expected"),
+    [
+        ("convnext_atto", "block", (2, 2, 6, 2)),  # every block of every stage
+        ("convnext_atto", "stage", (1, 1, 1, 1)),  # one unit per stage
+        ("convnext_iso_small", "block", (18,)),  # the isotropic model's blocks
+    ],
+)
+def test_shard_units_are_the_blocks_or_the_stages(name, unit, expected):
+    net = create_model(name, num_classes=10)
+    units = shard_units(net, unit)
+    assert len(units) == sum(expected)
+    if unit == "block":
+        assert all(isinstance(u, Block) for u in units)
+    else:
+        assert [len(u) for u in units] == list(net.depths)
+
+
+class _Mesh:
+    """Stands in for a (data_parallel, tensor_parallel) DeviceMesh; a real one needs a process group."""
+
+    def __init__(self, data_parallel: int, tensor_parallel: int):
+        self.sizes = {"data_parallel": data_parallel, "tensor_parallel": tensor_parallel}
+
+    def __getitem__(self, name):
+        return type("Dim", (), {"size": lambda _self: self.sizes[name]})()
+
+    def size(self) -> int:
+        return self.sizes["data_parallel"] * self.sizes["tensor_parallel"]
+
+
+def test_fsdp2_refuses_lightnings_default_tensor_parallel_split():
+    # ModelParallelStrategy's defaults on one 8-GPU node: data_parallel 1 x tensor_parallel 8. Sharding only over
+    # data_parallel would feed all 8 GPUs the same samples; the message says which sizes to set.
+    net = create_model("convnext_atto", num_classes=10)
+    with pytest.raises(
+        UserError, match="tensor_parallel_size to 1 and data_parallel_size to devices x num_nodes .8."
+    ):
+        fully_shard_network(net, _Mesh(1, 8))
+    assert not any(hasattr(p, "to_local") for p in net.parameters())  # nothing was sharded
 
 
 def test_ema_refuses_a_sharded_strategy_with_one_sentence():
