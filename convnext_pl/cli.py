@@ -10,21 +10,27 @@ every ``--checkpoint.every_n_train_steps`` and on SIGTERM (exit code 143), ``--c
 """
 
 import importlib
-import os
+import pickle
 import signal
 import sys
 from pathlib import Path
 
+import yaml
 from lightning import LightningDataModule
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from convnext_pl.callbacks import TopKPredictionWriter
-from convnext_pl.checkpointing import AtomicCheckpointIO, RunCheckpoint, find_last_checkpoint
+from convnext_pl.checkpointing import (
+    AtomicCheckpointIO,
+    RunCheckpoint,
+    checkpoint_load_error,
+    find_last_checkpoint,
+)
 from convnext_pl.errors import UserError
 from convnext_pl.module import ImageClassifier
 from convnext_pl.reliability import NonFiniteLossGuard, StepSeeding
@@ -48,7 +54,6 @@ class ConvNeXtCLI(LightningCLI):
             LightningDataModule,
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # the module builds its own parameter groups and schedule
-            save_config_callback=NoOverwriteSaveConfig,
             args=args,
             run=run,
             **kwargs,
@@ -78,8 +83,7 @@ class ConvNeXtCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         self._link_num_classes(config)
-        self._run_name = config.get("run_name") or _first_config_stem(config) or "default"
-        self._check_outputs(config)
+        self._run_name = _run_name(config)
 
     def _link_num_classes(self, config) -> None:
         """Give ``model.net`` the data's class count unless the config wrote one; a contradiction is an error."""
@@ -101,9 +105,27 @@ class ConvNeXtCLI(LightningCLI):
                 "remove num_classes from the model config (it follows the data)."
             )
 
-    def _check_outputs(self, config) -> None:
-        """Resolve ``--ckpt_path last`` to the newest ``last.ckpt`` of this run name, refuse a checkpoint path
-        that does not exist, and refuse to write a new run's checkpoints into a folder that holds a run's."""
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        if self.config.get("subcommand"):  # before LightningCLI reads the checkpoint's hyperparameters
+            self._check_outputs(self.config[self.config.subcommand], self.config.subcommand)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI loads --ckpt_path here (torch.load, weights_only=True) to take the model's hyperparameters
+        # from the checkpoint: the first place a refused or damaged file shows.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        try:
+            super()._parse_ckpt_path()
+        except (pickle.UnpicklingError, RuntimeError) as err:
+            user_error = checkpoint_load_error(path, err)
+            if user_error is None:
+                raise
+            raise user_error from err
+
+    def _check_outputs(self, config, subcommand: str) -> None:
+        """Resolve ``--ckpt_path last``, refuse a checkpoint path that does not exist, and refuse to write a new
+        run's checkpoints into a folder that holds a run's."""
         ckpt_path = config.get("ckpt_path")
         dirpath = (config.get("checkpoint") or {}).get("dirpath")
         if ckpt_path == "best":
@@ -112,28 +134,13 @@ class ConvNeXtCLI(LightningCLI):
                 "printed as 'Best checkpoint' when the run ended"
             )
         if ckpt_path == "last":
-            run_dir = Path(config.trainer.get("default_root_dir") or "runs") / self._run_name
-            found = find_last_checkpoint(run_dir)
-            if dirpath:  # an explicit checkpoint folder may hold the run instead
-                found = max(
-                    [p for p in (found, *Path(dirpath).glob("last*.ckpt")) if p is not None],
-                    key=lambda p: p.stat().st_mtime,
-                    default=None,
-                )
-            if found is None:
-                raise UserError(
-                    f"--ckpt_path last found no last.ckpt under {run_dir}/version_*/checkpoints; start the run "
-                    "without --ckpt_path, or give --run_name / --trainer.default_root_dir of the run to resume"
-                )
-            config.ckpt_path = str(found)  # config.yaml records the exact file
-            rank_zero_info(f"Resuming from {found}")
-        elif (
-            ckpt_path and "://" not in str(ckpt_path) and ckpt_path != "hpc" and not Path(ckpt_path).is_file()
-        ):
+            config.ckpt_path = str(_last_checkpoint(config, dirpath))  # config.yaml records the exact file
+            rank_zero_info(f"Resuming from {config.ckpt_path}")
+        elif ckpt_path and "://" not in ckpt_path and ckpt_path != "hpc" and not Path(ckpt_path).is_file():
             raise UserError(
                 f"--ckpt_path {ckpt_path} does not exist; give a .ckpt file, or 'last' to resume this run"
             )
-        if self.subcommand == "fit" and dirpath and not ckpt_path and any(Path(dirpath).glob("*.ckpt")):
+        if subcommand == "fit" and dirpath and not ckpt_path and any(Path(dirpath).glob("*.ckpt")):
             raise UserError(
                 f"checkpoint.dirpath {dirpath} already holds checkpoints of an earlier run; choose an empty "
                 "folder, or resume that run with --ckpt_path last"
@@ -146,7 +153,21 @@ class ConvNeXtCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep any other plugin a config chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        self._refuse_an_earlier_runs_folder(trainer)
         return trainer
+
+    def _refuse_an_earlier_runs_folder(self, trainer) -> None:
+        # The default loggers always start a new version folder, but a logger with a fixed version (or none:
+        # then runs log into default_root_dir) reuses one. Lightning's config saver would refuse only once the
+        # run has started, and the failed run's CSVLogger would then delete the earlier run's metrics.csv.
+        if not self.save_config_callback:
+            return
+        config_file = Path(trainer.log_dir) / self.save_config_kwargs.get("config_filename", "config.yaml")
+        if config_file.is_file():
+            raise UserError(
+                f"{config_file} already exists: that folder holds an earlier run, which this one would "
+                "overwrite; set another --trainer.default_root_dir or --run_name, or a new logger version"
+            )
 
     def _default_loggers(self, root: str) -> list[Logger]:
         """CSV always (notebooks read its metrics.csv); TensorBoard beside it, same folder, when installed."""
@@ -176,27 +197,41 @@ class ConvNeXtCLI(LightningCLI):
         print("\n".join(lines), flush=True)
 
 
-class NoOverwriteSaveConfig(SaveConfigCallback):
-    """Lightning's config.yaml writer, refusing in one sentence rather than a traceback to overwrite the
-    config of an earlier run (a fixed logger version, or ``--trainer.logger false`` run twice)."""
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if self.save_to_log_dir and not self.overwrite and not self.already_saved:
-            path = os.path.join(
-                trainer.log_dir, self.config_filename
-            )  # log_dir: a broadcast, asked on every rank
-            exists = trainer.strategy.broadcast(os.path.isfile(path) if trainer.is_global_zero else False)
-            if exists:
-                raise UserError(
-                    f"{path} already exists: that folder holds an earlier run, which this one would overwrite; "
-                    "set another --trainer.default_root_dir or --run_name"
-                )
-        super().setup(trainer, pl_module, stage)
+def _last_checkpoint(config, dirpath: str | None) -> Path:
+    """The newest ``last*.ckpt`` of the run name's versions (or of ``checkpoint.dirpath``, when set)."""
+    run_dir = Path(config.trainer.get("default_root_dir") or "runs") / _run_name(config)
+    candidates = [path for path in [find_last_checkpoint(run_dir)] if path is not None]
+    if dirpath:
+        candidates += Path(dirpath).glob("last*.ckpt")
+    if not candidates:
+        raise UserError(
+            f"--ckpt_path last found no last.ckpt under {run_dir}/version_*/checkpoints; start the run without "
+            "--ckpt_path, or give --run_name / --trainer.default_root_dir of the run to resume"
+        )
+    return max(candidates, key=lambda path: path.stat().st_mtime)
 
 
-def _first_config_stem(config) -> str | None:
+def _run_name(config) -> str:
+    """``--run_name``, else the first config file's name, else "default"."""
     paths = config.get("config") or []
-    return Path(str(paths[0])).stem if paths else None
+    return config.get("run_name") or (Path(str(paths[0])).stem if paths else "default")
+
+
+def _check_config_files(args: list[str]) -> None:
+    """Refuse a ``--config`` file that is not valid YAML, naming the file and line (jsonargparse names neither)."""
+    values = [value for flag, value in zip(args, args[1:], strict=False) if flag in ("--config", "-c")]
+    values += [arg.removeprefix("--config=") for arg in args if arg.startswith("--config=")]
+    for value in values:
+        if not Path(value).is_file():
+            continue  # a missing file or an inline YAML string: jsonargparse's own message says which
+        try:
+            yaml.safe_load(Path(value).read_text())
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise UserError(
+                f"config file {value} is not valid YAML ({err.problem}{where}); fix its syntax"
+            ) from err
 
 
 def _one_line(error: BaseException) -> str:
@@ -214,15 +249,24 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
     Errors the user caused print ``error: <one sentence>`` to stderr and raise ``SystemExit(2)``; a run stopped
     by SIGTERM (after saving ``last.ckpt``) raises ``SystemExit(143)``.
     """
+    argv = sys.argv
     try:
+        _check_config_files(argv[1:] if args is None else args)
+        if args is not None:
+            # Called from Python (tests, notebooks): the host's own argv (pytest's, the Jupyter kernel's) is not
+            # ours, and LightningCLI would warn about it.
+            sys.argv = argv[:1]
         return ConvNeXtCLI(args=args, run=run)
     except UserError as error:
         print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
     except MisconfigurationException as error:
         # Lightning's exception for settings it cannot run with (an accelerator this machine does not have ...).
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+        message = " ".join(str(error).split())
+        print(f"error: Lightning cannot run these settings: {message}", file=sys.stderr, flush=True)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
     except SIGTERMException:
         # Lightning exits with status 0 after SIGTERM; a scheduler must not mistake a preempted run for a finished one.
         raise SystemExit(SIGTERM_EXIT_CODE) from None
+    finally:
+        sys.argv = argv

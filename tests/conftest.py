@@ -37,9 +37,3 @@ def cifar_md5_bypass(monkeypatch):
 
     monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: True)
-
-
-@pytest.fixture(autouse=True)
-def _no_pytest_argv(monkeypatch):
-    # LightningCLI warns when it is given `args` while sys.argv holds pytest's own flags.
-    monkeypatch.setattr("sys.argv", ["pytest"])
