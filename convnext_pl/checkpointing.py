@@ -67,21 +67,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ):
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        except FileNotFoundError as err:
-            raise UserError(f"checkpoint {path} does not exist; check --ckpt_path") from err
-        except pickle.UnpicklingError as err:
-            # torch.load(weights_only=True), torch's default, refuses pickled Python objects: they could run code.
-            raise UserError(
-                f"checkpoint {path} was refused by torch.load(weights_only=True): it holds Python objects "
-                "besides tensors and plain values; load only checkpoints written by this project "
-                "(see docs/troubleshooting.md, 'Which files are trusted')"
-            ) from err
-        except RuntimeError as err:
-            if "PytorchStreamReader" not in str(err):  # torch's zip reader: a truncated or damaged file
+        except (FileNotFoundError, pickle.UnpicklingError, RuntimeError) as err:
+            user_error = checkpoint_load_error(path, err)
+            if user_error is None:
                 raise
-            raise UserError(
-                f"checkpoint {path} is damaged or incomplete ({err}); resume from another checkpoint of the run"
-            ) from err
+            raise user_error from err
+
+
+def checkpoint_load_error(path, err: BaseException) -> UserError | None:
+    """The one-sentence :class:`~convnext_pl.errors.UserError` for a checkpoint ``torch.load`` failed on, or None
+    when ``err`` is not one of the failures a user's file causes (missing, refused, damaged)."""
+    if isinstance(err, FileNotFoundError):
+        return UserError(f"checkpoint {path} does not exist; check --ckpt_path")
+    if isinstance(err, pickle.UnpicklingError):
+        # torch.load(weights_only=True), torch's default, refuses pickled Python objects: they could run code.
+        return UserError(
+            f"checkpoint {path} was refused by torch.load(weights_only=True): it holds Python objects besides "
+            "tensors and plain values; load only checkpoints written by this project (see "
+            "docs/troubleshooting.md, 'Which files are trusted')"
+        )
+    if isinstance(err, RuntimeError) and "PytorchStreamReader" in str(err):  # torch's zip reader
+        reason = str(err).split(". ")[0]  # what failed; torch's further sentences guess at why
+        return UserError(
+            f"checkpoint {path} is damaged or incomplete ({reason}); use another checkpoint of the run"
+        )
+    return None
 
 
 def _fsync_folder(folder: Path) -> None:

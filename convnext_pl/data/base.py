@@ -34,6 +34,11 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int, image_size: int, predict_dir: str | None = None):
         super().__init__()
+        if batch_size < 1 or num_workers < 0:  # the DataLoader would refuse them only when training starts
+            raise UserError(
+                f"data.init_args.batch_size must be at least 1 and num_workers at least 0, got {batch_size} "
+                f"and {num_workers}; fix them in the data config"
+            )
         # Records every subclass's init args too; checkpoints keep them as ``datamodule_hyper_parameters``.
         self.save_hyperparameters()
         self.batch_size = batch_size
