@@ -136,7 +136,13 @@ class ConvNeXtCLI(LightningCLI):
         if ckpt_path == "last":
             config.ckpt_path = str(_last_checkpoint(config, dirpath))  # config.yaml records the exact file
             rank_zero_info(f"Resuming from {config.ckpt_path}")
-        elif ckpt_path and "://" not in ckpt_path and ckpt_path != "hpc" and not Path(ckpt_path).is_file():
+        elif (
+            ckpt_path
+            and "://" not in ckpt_path
+            and ckpt_path != "hpc"
+            # a file, or the folder of a distributed checkpoint (FSDP2, sharded FSDP: torch.distributed.checkpoint)
+            and not (Path(ckpt_path).is_file() or (Path(ckpt_path) / ".metadata").is_file())
+        ):
             raise UserError(
                 f"--ckpt_path {ckpt_path} does not exist; give a .ckpt file, or 'last' to resume this run"
             )
