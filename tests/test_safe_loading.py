@@ -1,0 +1,91 @@
+"""Safe loading: files from elsewhere are read with ``torch.load(weights_only=True)`` (or as safetensors) and a file
+that would run code is refused before it can; the project's own checkpoints need nothing more than that."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from convnext_pl.checkpointing import AtomicCheckpointIO
+from convnext_pl.cli import cli_main
+from convnext_pl.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "configs" / "experiment" / "digits.yaml")
+SHORT = [
+    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+
+
+class _Payload:
+    """Unpickling this creates a folder: proof that loading the file ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.marker),))
+
+
+@pytest.fixture
+def marker(tmp_path) -> Path:
+    return tmp_path / "payload_ran"
+
+
+def test_a_malicious_checkpoint_is_refused_by_every_loading_path_and_never_runs(tmp_path, marker, capsys):
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": _Payload(marker)}, evil)
+    runs = ["--trainer.default_root_dir", str(tmp_path / "runs")]
+    # --ckpt_path: LightningCLI reads the checkpoint's hyperparameters before anything is built.
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", DIGITS, "--ckpt_path", str(evil), *runs, *SHORT])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: checkpoint {evil} was refused by torch.load(weights_only=True): it holds Python objects besides "
+        "tensors and plain values; load only checkpoints written by this project (see docs/troubleshooting.md, "
+        "'Which files are trusted')"
+    )
+    # Trainer.fit(ckpt_path=...) from Python goes through the CLI's checkpoint IO.
+    cli = cli_main(["--config", DIGITS, *runs, *SHORT], run=False)
+    with pytest.raises(UserError, match="refused by torch.load"):
+        cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(evil))
+    with pytest.raises(UserError, match="refused by torch.load"):
+        AtomicCheckpointIO().load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_a_malicious_pretrained_file_is_refused_through_the_cli_and_never_runs(tmp_path, marker, capsys):
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "extra": _Payload(marker)}, evil)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", DIGITS, "--model.pretrained", str(evil),
+                  "--trainer.default_root_dir", str(tmp_path), *SHORT])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: Checkpoint '{evil}' is not a plain weights file: torch.load(weights_only=True) refused it"
+        )
+    )
+    assert not marker.exists()
+
+
+def test_the_projects_own_checkpoints_load_with_weights_only(tmp_path):
+    # Every piece of state this project adds: EMA, step checkpoints, loss guard, seeding, the data loader position.
+    cli = cli_main(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *SHORT,
+                    "--trainer.callbacks+=convnext_pl.callbacks.EMA", "--checkpoint.every_n_train_steps", "1"])  # fmt: skip
+    checkpoint = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=True)
+    assert {
+        "state_dict",
+        "current_model_state",
+        "optimizer_states",
+        "hyper_parameters",
+        "DigitsDataModule",
+    } <= set(checkpoint)
+    assert checkpoint["DigitsDataModule"]["train_loader"].keys() == {"seed", "epoch", "batches"}
+    assert (
+        checkpoint["hyper_parameters"]["net"]["init_args"]["name"] == "convnext_atto"
+    )  # plain config values
