@@ -1,14 +1,18 @@
-"""Safe loading: files from elsewhere are read with ``torch.load(weights_only=True)`` (or as safetensors) and a file
-that would run code is refused before it can; the project's own checkpoints need nothing more than that."""
+"""Safe loading: files from elsewhere are read with ``torch.load(weights_only=True)``, as safetensors, or (CIFAR's
+pickles) with an unpickler that knows only arrays, and a file that would run code is refused before it can; the
+project's own checkpoints need nothing more than that."""
 
 import os
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
+from fakedata import write_cifar
 
 from convnext_pl.checkpointing import AtomicCheckpointIO
 from convnext_pl.cli import cli_main
+from convnext_pl.data import CIFARDataModule
 from convnext_pl.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,3 +93,17 @@ def test_the_projects_own_checkpoints_load_with_weights_only(tmp_path):
     assert (
         checkpoint["hyper_parameters"]["net"]["init_args"]["name"] == "convnext_atto"
     )  # plain config values
+
+
+def test_a_replaced_cifar_file_is_reported_without_running_it(tmp_path, marker):
+    # torchvision unpickles CIFAR files only once their md5 matched; the diagnosis of a file that did not
+    # match (truncated, or replaced) must not unpickle arbitrary objects either.
+    write_cifar(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    with open(batch, "wb") as f:
+        pickle.dump({"data": _Payload(marker), "labels": [0]}, f)
+    with pytest.raises(
+        UserError, match=r"data_batch_1 is unusable \(it cannot be unpickled: .* is not allowed"
+    ):
+        CIFARDataModule(root=str(tmp_path), num_workers=0).setup("fit")
+    assert not marker.exists()

@@ -29,11 +29,36 @@ _DATASETS = {"cifar10": CIFAR10, "cifar100": CIFAR100}
 _PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR files hold (dicts, lists, strings, numpy arrays) and refuses any other class.
+
+    torchvision unpickles a file only after its md5 matched the published one; the files read here are the ones
+    that did not match, or are not checked, and may have been replaced: unpickling an arbitrary object runs code.
+    """
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),  # arrays pickled by numpy 1 (the published files)
+        ("numpy._core.multiarray", "_reconstruct"),  # and by numpy 2
+        ("_codecs", "encode"),  # bytes pickled by Python 3 with protocol 2
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR file")
+        return super().find_class(module, name)
+
+
+def _load_pickle(path: Path):
+    with open(path, "rb") as f:
+        return _CifarUnpickler(f, encoding="latin1").load()
+
+
 def _pickle_problem(path: Path, is_meta: bool) -> str | None:
     """Why ``path`` is not a readable CIFAR pickle, or None when it is."""
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+        entry = _load_pickle(path)
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as err:
         return f"it cannot be unpickled: {err}"
     if is_meta:
@@ -203,6 +228,5 @@ class CIFARDataModule(ClassificationDataModule):
         meta = self.folder / _DATASETS[self.variant].meta["filename"]
         if _pickle_problem(meta, is_meta=True) is not None:
             return []
-        with open(meta, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+        entry = _load_pickle(meta)
         return list(entry[_DATASETS[self.variant].meta["key"]])
