@@ -310,10 +310,16 @@ def _load_average() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
+def _cpu_name() -> str:
+    try:  # Linux names the model; platform.processor() often says only "x86_64"
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def _environment(args, load_before) -> dict:
-    device = (
-        torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
-    )
+    device = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
     return {
         "device": device,
         "cpus": os.cpu_count(),
