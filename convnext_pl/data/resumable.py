@@ -118,8 +118,8 @@ class SeededSamples(Dataset):
 
     Plain integer keys, from a sampler Lightning substituted (``overfit_batches``), read the sample unseeded.
     In the main process the generators are restored after each read, so training draws what it would have drawn;
-    a worker process only loads data and skips that (saving and restoring numpy's state costs about 0.1 ms,
-    seeding alone a few microseconds, against milliseconds to decode and augment an image).
+    a worker process only loads data and skips that (measured on a busy 2-core machine: 0.26 ms per read with
+    the restore, 0.02 ms without, against milliseconds to decode and augment an image).
 
     Args:
         dataset: the training data set.
