@@ -248,7 +248,7 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_first_mismatch(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["missing data root", "corrupt image", "ckpt_path last with no earlier run"])
+@pytest.mark.parametrize("case", ["missing data root", "corrupt image"])
 def test_main_py_prints_one_line_and_exits_2(case, files, tmp_path):
     extra, expected = CASES[case]
     runs = tmp_path / "runs"
