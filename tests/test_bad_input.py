@@ -132,7 +132,7 @@ CASES = {
         "error: the training split has 1437 images, fewer than one batch of 5000; lower data.init_args.batch_size",
     ),
     "negative worker count": (
-        ["--data.init_args.num_workers", "-1"],
+        ["--data.init_args.num_workers", "-1", "--data.init_args.batch_size", "64"],
         "error: data.init_args.batch_size must be at least 1 and num_workers at least 0, got 64 and -1; fix them "
         "in the data config",
     ),
