@@ -134,7 +134,44 @@ def _scale_head(head: nn.Module, scale: float) -> None:
             head.bias.mul_(scale)
 
 
-class ConvNeXt(ClassifierMixin, nn.Module):
+class HierarchicalMixin(ClassifierMixin):
+    """Stage-wise forward and layer ids of a four-stage network: ``downsample_layers[i]`` (the stem for i = 0)
+    runs before ``stages[i]``; ``depths`` and ``patch_size`` describe it. Shared by ConvNeXt and the roadmap steps.
+    """
+
+    @property
+    def total_stride(self) -> int:
+        return self.patch_size * 2 ** (len(self.depths) - 1)
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps after each stage, (N, C_i, H / stride_i, W / stride_i): inputs for FPN-style heads."""
+        features = []
+        for downsample, stage in zip(self.downsample_layers, self.stages, strict=True):
+            x = self._run_blocks(stage, downsample(x))
+            features.append(x)
+        return features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_chans, H, W) -> (N, num_features, H / total_stride, W / total_stride), before pooling."""
+        return self.forward_stages(x)[-1]
+
+    def layer_ids(self) -> dict[str, int]:
+        """Layer id of every parameter for layer-wise lr decay (see ``layer_groups``); the head has the largest."""
+        block_ids, head_id = block_layer_ids(self.depths)
+        ids = {}
+        for name, _ in self.named_parameters():
+            parts = name.split(".")
+            if parts[0] == "downsample_layers":
+                stage = int(parts[1])
+                ids[name] = 0 if stage == 0 else block_ids[stage][0]
+            elif parts[0] == "stages":
+                ids[name] = block_ids[int(parts[1])][int(parts[2])]
+            else:  # norm, head
+                ids[name] = head_id
+        return ids
+
+
+class ConvNeXt(HierarchicalMixin, nn.Module):
     """The hierarchical ConvNeXt: a patchify stem, four stages of blocks, downsampling layers between them.
 
     Args:
@@ -198,37 +235,6 @@ class ConvNeXt(ClassifierMixin, nn.Module):
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
         _scale_head(self.head, head_init_scale)
-
-    @property
-    def total_stride(self) -> int:
-        return self.patch_size * 2 ** (len(self.depths) - 1)
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps after each stage, (N, dims[i], H / stride_i, W / stride_i): inputs for FPN-style heads."""
-        features = []
-        for downsample, stage in zip(self.downsample_layers, self.stages, strict=True):
-            x = self._run_blocks(stage, downsample(x))
-            features.append(x)
-        return features
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_chans, H, W) -> (N, dims[-1], H / total_stride, W / total_stride), before pooling."""
-        return self.forward_stages(x)[-1]
-
-    def layer_ids(self) -> dict[str, int]:
-        """Layer id of every parameter for layer-wise lr decay (see ``layer_groups``); the head has the largest."""
-        block_ids, head_id = block_layer_ids(self.depths)
-        ids = {}
-        for name, _ in self.named_parameters():
-            parts = name.split(".")
-            if parts[0] == "downsample_layers":
-                stage = int(parts[1])
-                ids[name] = 0 if stage == 0 else block_ids[stage][0]
-            elif parts[0] == "stages":
-                ids[name] = block_ids[int(parts[1])][int(parts[2])]
-            else:  # norm, head
-                ids[name] = head_id
-        return ids
 
 
 class ConvNeXtIsotropic(ClassifierMixin, nn.Module):

@@ -21,8 +21,7 @@ import torch.nn as nn
 from timm.layers import DropPath, LayerNorm2d
 
 from convnext_pl.errors import UserError
-from convnext_pl.models.convnext import LN_EPS, ClassifierMixin, _init_weights, _scale_head
-from convnext_pl.models.layer_groups import block_layer_ids
+from convnext_pl.models.convnext import LN_EPS, HierarchicalMixin, _init_weights, _scale_head
 from convnext_pl.models.registry import register_model
 
 # The values each categorical switch of RoadmapConfig takes.
@@ -205,7 +204,7 @@ def _stem(config: RoadmapConfig, in_chans: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_chans, width, p, stride=p))
 
 
-class RoadmapNet(ClassifierMixin, nn.Module):
+class RoadmapNet(HierarchicalMixin, nn.Module):
     """The network of any roadmap step, with the research interface of :class:`ConvNeXt`.
 
     Parameters follow the official layout where it exists: ``downsample_layers.0`` is the stem,
@@ -267,37 +266,6 @@ class RoadmapNet(ClassifierMixin, nn.Module):
         # One init for every step (ConvNeXt's truncated normal) so that the init is not a hidden difference.
         self.apply(_init_weights)
         _scale_head(self.head, head_init_scale)
-
-    @property
-    def total_stride(self) -> int:
-        return self.patch_size * 2 ** (len(self.depths) - 1)
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps after each stage, (N, C_i, H / stride_i, W / stride_i)."""
-        features = []
-        for downsample, stage in zip(self.downsample_layers, self.stages, strict=True):
-            x = self._run_blocks(stage, downsample(x))
-            features.append(x)
-        return features
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_chans, H, W) -> (N, num_features, H / total_stride, W / total_stride), before pooling."""
-        return self.forward_stages(x)[-1]
-
-    def layer_ids(self) -> dict[str, int]:
-        """Layer id of every parameter for layer-wise lr decay: stem 0, blocks by ``block_layer_ids``, head last."""
-        block_ids, head_id = block_layer_ids(self.depths)
-        ids = {}
-        for name, _ in self.named_parameters():
-            parts = name.split(".")
-            if parts[0] == "downsample_layers":
-                stage = int(parts[1])
-                ids[name] = 0 if stage == 0 else block_ids[stage][0]
-            elif parts[0] == "stages":
-                ids[name] = block_ids[int(parts[1])][int(parts[2])]
-            else:  # norm, head
-                ids[name] = head_id
-        return ids
 
 
 def remap_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
