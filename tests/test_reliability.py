@@ -52,22 +52,29 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_whole(tmp_path, monk
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # the partial file is gone too
 
 
-def _save_forever(path: str) -> None:
+def _save_forever(path: str, saving) -> None:
     io, value = AtomicCheckpointIO(), 0.0
     while True:
         value += 1.0
         io.save_checkpoint(_checkpoint(value), path)
+        saving.set()  # the parent kills only once this process is saving
 
 
 def test_sigkill_during_saves_never_leaves_an_unreadable_checkpoint(tmp_path):
     target, killed_mid_write = tmp_path / "last.ckpt", 0
+    # A plain fork of this multi-threaded process (torch's thread pools) can deadlock in the child. The fork server
+    # is a fresh single-threaded process that imports torch and this module once, so its forks are safe and fast.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", _save_forever.__module__])
     for attempt in range(
         60
     ):  # until 3 kills have landed in the middle of a write (about every other one does)
-        child = multiprocessing.get_context("fork").Process(target=_save_forever, args=(str(target),))
+        saving = context.Event()
+        child = context.Process(target=_save_forever, args=(str(target), saving))
         child.start()
-        while not target.exists():
-            time.sleep(0.005)
+        if not saving.wait(timeout=60):  # a stuck child fails the test instead of hanging the suite
+            child.kill()
+            pytest.fail("the saving child process wrote nothing within 60 s")
         time.sleep(0.03 * (attempt % 5))
         os.kill(child.pid, signal.SIGKILL)
         child.join()
