@@ -45,7 +45,7 @@ from convnext_pl.module import ImageClassifier
 from convnext_pl.optim import WarmupCosine, param_groups
 
 PATHS = ("lightning", "bare", "timm")
-LR, WEIGHT_DECAY = 4e-3, 0.05  # the paper's recipe (spec section 4); the schedule spans the whole benchmark
+LR, WEIGHT_DECAY = 4e-3, 0.05  # the paper's recipe (docs/paper.md §4); the schedule spans the whole benchmark
 
 # Dense tensor-core peaks in TFLOP/s (vendor datasheets, SXM parts) for model-FLOPs utilisation; --peak-tflops
 # overrides. fp32 rows are TF32 on Ampere and newer (what cuDNN uses for convolutions by default).

@@ -1,4 +1,4 @@
-"""The LightningModule: a network plus the paper's optimisation recipe (paper Sec. 4, spec section 4).
+"""The LightningModule: a network plus the paper's optimisation recipe (paper Sec. 3.1 and Table 5, docs/paper.md §4).
 
 The module receives the network ready-made (in YAML: ``net: {class_path: convnext_pl.models.create_model, ...}``)
 and never builds data. Code defaults are neutral (no Mixup, no layer decay, no lr scaling); the recipe numbers

@@ -19,7 +19,7 @@ SMALL_SIZES = ("atto", "femto", "pico", "nano", "tiny", "iso_small")
 REAL_MODELS = [n for n in CONVNEXT_MODELS if n.endswith(SMALL_SIZES)]
 META_MODELS = [n for n in CONVNEXT_MODELS if n not in REAL_MODELS]
 
-# Spec Sec. 1: exact parameter counts at 224 with 1000 classes (paper Table / timm for atto..nano).
+# docs/paper.md §1: exact parameter counts at 224 with 1000 classes (paper Table 1; timm for atto..nano).
 PARAMS = {
     "convnext_atto": 3_695_520,
     "convnext_femto": 5_217_784,

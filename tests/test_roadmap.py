@@ -23,7 +23,7 @@ from convnext_pl.models.roadmap import (
 )
 from convnext_pl.roadmap import CSV_COLUMNS, describe, main
 
-# The one field each step changes (paper Sec. 2.2-2.6, spec section 3), written out rather than read from the
+# The one field each step changes (paper Sec. 2.2-2.6, docs/paper.md §3), written out rather than read from the
 # presets so that a preset that drifts fails here.
 DOCUMENTED_CHANGES = {
     "roadmap_01_modern_recipe": {"layer_scale_init_value"},  # Table 5's recipe includes layer scale 1e-6

@@ -1,6 +1,6 @@
 """Load ConvNeXt weights from official, timm or this project's Lightning checkpoints.
 
-The model uses the official parameter names (spec Sec. 2, "Official checkpoint format"), so official files
+The model uses the official parameter names (docs/paper.md §2, "Official checkpoint format"), so official files
 load as they are; timm files are renamed with the table below; Lightning checkpoints lose their ``net.``
 prefix. The format is detected from the keys, never from the file name.
 
@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from convnext_pl.errors import UserError
 
-# timm name -> official name, applied in order to every key of a timm state dict (spec Sec. 2).
+# timm name -> official name, applied in order to every key of a timm state dict (docs/paper.md §2).
 TIMM_TO_OFFICIAL: list[tuple[str, str]] = [
     (r"^stem\.", "downsample_layers.0."),
     (r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1."),
