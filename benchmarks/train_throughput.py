@@ -35,14 +35,13 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
 from convnext_pl.data import SyntheticDataModule
 from convnext_pl.models import create_model
 from convnext_pl.models.flops import count_macs
 from convnext_pl.module import ImageClassifier
-from convnext_pl.optim import WarmupCosine, param_groups
+from convnext_pl.optim import build_optimizer, warmup_cosine
 
 PATHS = ("lightning", "bare", "timm")
 LR, WEIGHT_DECAY = 4e-3, 0.05  # the paper's recipe (docs/paper.md §4); the schedule spans the whole benchmark
@@ -187,11 +186,8 @@ class BareLoop:
         if args.compile:
             net.compile()
         self.net = net
-        groups = param_groups(net, WEIGHT_DECAY)
-        for group in groups:
-            group["lr"] = LR * group["lr_scale"]
-        self.optimizer = AdamW(groups, lr=LR)
-        self.scheduler = LambdaLR(self.optimizer, WarmupCosine(0, total_steps))
+        self.optimizer = build_optimizer(net, LR, WEIGHT_DECAY)
+        self.scheduler = LambdaLR(self.optimizer, warmup_cosine(0, total_steps))
         dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext

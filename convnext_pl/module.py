@@ -11,14 +11,12 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup
-from torch.optim import AdamW
-from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from convnext_pl.checkpointing import first_state_mismatch
 from convnext_pl.errors import UserError
-from convnext_pl.optim import WarmupCosine, param_groups
+from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_cosine
 from convnext_pl.parallel import ShardUnit, fully_shard_network
 
 
@@ -198,53 +196,31 @@ class ImageClassifier(LightningModule):
                 yield "val_ema", ema_net
 
     # -------------------------------------------------------------------------------------------- optimizer
-    def effective_batch_size(self) -> int:
-        """Per-device batch x devices x nodes x gradient accumulation (spec: lr 4e-3 belongs to 4096)."""
-        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
-        if batch_size is None:
-            raise UserError("Cannot compute the effective batch: the DataModule has no batch_size attribute.")
-        return batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
-
-    def peak_lr(self) -> float:
-        hp = self.hparams
-        if hp.lr_reference_batch is None:
-            return hp.lr
-        return hp.lr * self.effective_batch_size() / hp.lr_reference_batch
-
     def configure_optimizers(self):
         hp = self.hparams
-        peak_lr = self.peak_lr()
-        groups = param_groups(self.net, hp.weight_decay, hp.layer_decay)
-        for group in groups:
-            group["lr"] = (
-                peak_lr * group["lr_scale"]
-            )  # LambdaLR scales each group's own lr, keeping the ratio
-        try:
-            optimizer = AdamW(groups, lr=peak_lr, betas=tuple(hp.betas), eps=hp.eps)
-        except ValueError as err:  # torch.optim validates its hyperparameters: "Invalid learning rate: -0.1"
-            raise UserError(
-                f"{err}; set model.lr, model.weight_decay, model.betas and model.eps in range"
-            ) from err
-
+        effective_batch = effective_batch_size(self.trainer)
+        peak_lr = scaled_lr(hp.lr, effective_batch, hp.lr_reference_batch)
+        layer_ids = self.net.layer_ids() if hp.layer_decay is not None else None
+        optimizer = build_optimizer(
+            self.net, peak_lr, hp.weight_decay, hp.layer_decay, layer_ids, betas=hp.betas, eps=hp.eps
+        )
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         if hp.warmup_steps is not None:
             warmup_steps = hp.warmup_steps
         else:
             epochs = max(1, self.trainer.max_epochs or 1)
             warmup_steps = round(hp.warmup_epochs * total_steps / epochs)
-        schedule = WarmupCosine(warmup_steps, total_steps, min_ratio=hp.min_lr / hp.lr if hp.lr > 0 else 0.0)
+        schedule = warmup_cosine(warmup_steps, total_steps, min_ratio=hp.min_lr / hp.lr if hp.lr > 0 else 0.0)
         rank_zero_info(
-            f"Effective batch {self.effective_batch_size()}, peak lr {peak_lr:.3g}, "
-            f"{warmup_steps} warm-up steps of {total_steps}"
+            f"Effective batch {effective_batch}, peak lr {peak_lr:.3g}, {warmup_steps} warm-up steps of {total_steps}"
         )
         self._schedule_info = {
-            "effective_batch_size": self.effective_batch_size(),
+            "effective_batch_size": effective_batch,
             "peak_lr": peak_lr,
             "warmup_steps": warmup_steps,
             "total_steps": total_steps,
         }
-        scheduler = LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": per_step(optimizer, schedule)}
 
     def on_train_start(self) -> None:
         info = getattr(self, "_schedule_info", None)

@@ -1,12 +1,24 @@
-"""The optimisation recipe: no decay on 1-D parameters, layer-wise lr decay really applied, warm-up + cosine."""
+"""The optimizer assembly: no decay on 1-D parameters, layer-wise lr decay really applied, the lr-to-batch rule,
+and the warm-up schedules of the three tasks (cosine, poly, multi-step)."""
 
 import math
 
 import pytest
 import torch
 
+from convnext_pl.errors import UserError
 from convnext_pl.models import create_model
-from convnext_pl.optim import WarmupCosine, is_no_decay, param_groups
+from convnext_pl.optim import (
+    WarmupCosine,
+    build_optimizer,
+    is_no_decay,
+    param_groups,
+    per_step,
+    scaled_lr,
+    warmup_cosine,
+    warmup_multistep,
+    warmup_poly,
+)
 
 
 def test_no_weight_decay_on_biases_norms_and_gammas():
@@ -73,3 +85,66 @@ def test_lambda_lr_keeps_each_groups_layer_scale():
         scheduler.step()
     for g in optimizer.param_groups:  # end of warm-up: every group at peak x its own scale
         assert g["lr"] == pytest.approx(1e-3 * g["lr_scale"])
+
+
+def test_build_optimizer_sets_every_groups_lr_to_the_peak_times_its_scale():
+    model = create_model("convnext_atto", num_classes=10)
+    optimizer = build_optimizer(model, 2e-3, 0.05, layer_decay=0.7, betas=(0.9, 0.95), eps=1e-6)
+    assert len(optimizer.param_groups) > 3
+    for group in optimizer.param_groups:
+        assert group["lr"] == pytest.approx(2e-3 * group["lr_scale"])
+        assert group["betas"] == (0.9, 0.95) and group["eps"] == 1e-6
+    with pytest.raises(UserError, match=r"Invalid learning rate: -0.1; set model.init_args.lr"):
+        build_optimizer(model, -0.1, 0.05, config_prefix="model.init_args")
+
+
+def test_dense_prediction_ids_give_the_heads_the_full_lr():
+    # Official mmcv_custom rule: backbone ids 0..N, everything else N + 1, scale decay ** (N + 1 - id).
+    model = torch.nn.ModuleDict({"backbone": torch.nn.Linear(2, 2), "head": torch.nn.Linear(2, 2)})
+    ids = {"backbone.weight": 0, "backbone.bias": 6}
+    groups = param_groups(model, 0.05, layer_decay=0.9, layer_ids=ids, default_id=7)
+    scale_of = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
+    assert scale_of["backbone.weight"] == pytest.approx(0.9**7)
+    assert scale_of["backbone.bias"] == pytest.approx(0.9)
+    assert scale_of["head.weight"] == scale_of["head.bias"] == 1.0
+
+
+def test_lr_follows_the_effective_batch():
+    assert scaled_lr(4e-3, 1024, 4096) == pytest.approx(1e-3)
+    assert scaled_lr(4e-3, 1024, None) == 4e-3  # no reference batch: the lr as given
+
+
+def test_warmup_poly_is_mmcvs_linear_warmup_times_poly():
+    schedule = warmup_poly(warmup_steps=10, total_steps=100, power=1.0, warmup_ratio=1e-6)
+    assert schedule(0) == pytest.approx(1e-6)
+    # mmcv: regular lr (poly, from step 0) x (1 - (1 - step / warmup) * (1 - ratio))
+    assert schedule(5) == pytest.approx(0.95 * (1 - 0.5 * (1 - 1e-6)))
+    assert schedule(10) == pytest.approx(0.9) and schedule(55) == pytest.approx(0.45)
+    assert schedule(100) == 0.0 and schedule(150) == 0.0
+
+
+def test_warmup_multistep_drops_at_each_milestone():
+    schedule = warmup_multistep(warmup_steps=4, milestones=[30, 20], gamma=0.1, warmup_ratio=0.001)
+    assert schedule(0) == pytest.approx(0.001)
+    assert schedule(4) == schedule(19) == 1.0
+    assert schedule(20) == pytest.approx(0.1) and schedule(29) == pytest.approx(0.1)
+    assert schedule(30) == pytest.approx(0.01)
+
+
+def test_schedules_survive_a_checkpoint():
+    # LambdaLR saves a callable object's fields (not a closure's): a resumed run continues the same schedule.
+    model = torch.nn.Linear(2, 2)
+    for schedule in (warmup_cosine(3, 10, 0.1), warmup_poly(3, 10), warmup_multistep(3, [5, 8])):
+        optimizer = build_optimizer(model, 1e-3, 0.0)
+        scheduler = per_step(optimizer, schedule)["scheduler"]
+        for _ in range(6):
+            optimizer.step()
+            scheduler.step()
+        state = scheduler.state_dict()
+        assert state["lr_lambdas"][0] == vars(schedule)
+        fresh = build_optimizer(model, 1e-3, 0.0)
+        resumed = per_step(
+            fresh, type(schedule)(**{k: 0 if k != "milestones" else () for k in vars(schedule)})
+        )
+        resumed["scheduler"].load_state_dict(state)
+        assert resumed["scheduler"].lr_lambdas[0] == schedule
