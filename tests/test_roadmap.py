@@ -10,18 +10,12 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from convnext_pl.analysis.roadmap import CSV_COLUMNS, describe
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model, list_models
-from convnext_pl.models.roadmap import (
-    MAIN_STEPS,
-    STEPS,
-    RoadmapConfig,
-    config_diff,
-    create_roadmap_model,
-    remap_convnext,
-    remap_torchvision_resnet,
-)
-from convnext_pl.roadmap import CSV_COLUMNS, describe, main
+from convnext_pl.models.conversions import convnext_to_roadmap, torchvision_resnet_to_roadmap
+from convnext_pl.models.roadmap import MAIN_STEPS, STEPS, RoadmapConfig, config_diff, create_roadmap_model
+from convnext_pl.roadmap import main
 
 # The one field each step changes (paper Sec. 2.2-2.6, docs/paper.md §3), written out rather than read from the
 # presets so that a preset that drifts fails here.
@@ -115,7 +109,7 @@ def test_step_0_is_torchvision_resnet50():
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
     model = create_model("roadmap_00_resnet50").eval()
-    model.load_state_dict(remap_torchvision_resnet(reference.state_dict()), strict=True)
+    model.load_state_dict(torchvision_resnet_to_roadmap(reference.state_dict()), strict=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected, actual = reference(x), model(x)
@@ -132,7 +126,7 @@ def test_step_13_is_convnext_tiny():
             elif "norm" in name and name.endswith("weight"):
                 p.uniform_(0.8, 1.2)
     model = create_model("roadmap_13_convnext_tiny").eval()
-    model.load_state_dict(remap_convnext(reference.state_dict()), strict=True)
+    model.load_state_dict(convnext_to_roadmap(reference.state_dict()), strict=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected, actual = reference(x), model(x)

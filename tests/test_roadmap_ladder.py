@@ -9,8 +9,9 @@ import torch
 import yaml
 
 from convnext_pl.errors import UserError
+from convnext_pl.ladder import LADDER_COLUMNS, step_names
 from convnext_pl.models.roadmap import MAIN_STEPS, create_roadmap_model
-from convnext_pl.roadmap import LADDER_COLUMNS, build_parser, main, step_names
+from convnext_pl.roadmap import build_parser, main
 
 DIGITS = Path(__file__).parents[1] / "configs" / "experiment" / "digits.yaml"
 

@@ -6,6 +6,7 @@ Parameter names are the official repository's (``downsample_layers``, ``stages.{
 """
 
 from collections.abc import Sequence
+from itertools import accumulate
 
 import torch
 import torch.nn as nn
@@ -15,6 +16,16 @@ from torch.utils.checkpoint import checkpoint
 from convnext_pl.models.layer_groups import block_layer_ids
 
 LN_EPS = 1e-6  # paper and official code: every LayerNorm uses eps 1e-6
+
+
+def drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list[list[float]]:
+    """Stochastic depth rate of every block, stage by stage: linear from 0 to ``drop_path_rate`` over all blocks
+    (official code), so the last block gets the full rate. Serves every network of the package."""
+    # device="cpu": the rates are Python floats, so build them on the CPU even under a meta-device context
+    # (deferred init, FSDP), where .tolist() of a meta tensor fails.
+    rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+    starts = list(accumulate(depths, initial=0))
+    return [rates[start : start + depth] for start, depth in zip(starts, depths, strict=False)]
 
 
 class GRN(nn.Module):
@@ -218,13 +229,8 @@ class ConvNeXt(HierarchicalMixin, nn.Module):
                 nn.Sequential(LayerNorm2d(dims[i], eps=LN_EPS), nn.Conv2d(dims[i], dims[i + 1], 2, stride=2))
             )
 
-        # device="cpu": the rates are Python floats, so build them on the CPU even under a meta-device context
-        # (deferred init, FSDP), where .tolist() of a meta tensor fails.
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # one rate per block
         self.stages = nn.ModuleList()
-        for i, depth in enumerate(depths):
-            first = sum(depths[:i])
-            block_rates = rates[first : first + depth]
+        for i, block_rates in enumerate(drop_path_rates(drop_path_rate, depths)):
             self.stages.append(
                 nn.Sequential(
                     *(Block(dims[i], r, layer_scale_init_value, kernel_size, use_grn) for r in block_rates)
@@ -259,7 +265,7 @@ class ConvNeXtIsotropic(ClassifierMixin, nn.Module):
         super().__init__()
         self.depth, self.num_classes, self.num_features, self.patch_size = depth, num_classes, dim, patch_size
         self.stem = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # see ConvNeXt
+        (rates,) = drop_path_rates(drop_path_rate, [depth])
         self.blocks = nn.Sequential(
             *(Block(dim, r, layer_scale_init_value, kernel_size, use_grn) for r in rates)
         )
