@@ -9,6 +9,7 @@ import torch.nn as nn
 from timm.layers import DropPath
 
 from convnext_pl.models import ConvNeXt, ConvNeXtIsotropic, create_model, list_models
+from convnext_pl.models.convnext import drop_path_rates
 from convnext_pl.models.flops import count_macs
 
 CONVNEXT_MODELS = [n for n in list_models() if n.startswith(("convnext_", "convnextv2_"))]
@@ -123,6 +124,10 @@ def test_stochastic_depth_grows_linearly_over_all_blocks():
     assert rates[-1] == pytest.approx(0.3)
     iso = _meta_model("convnext_iso_small", drop_path_rate=0.2, num_classes=0)
     assert _block_drop_rates(iso.blocks) == pytest.approx(torch.linspace(0, 0.2, iso.depth).tolist())
+    # One helper serves every network: a roadmap step with the same depths gets the same rates, stage by stage.
+    roadmap = _meta_model("roadmap_02_stage_ratio", drop_path_rate=0.3, num_classes=0)
+    assert _block_drop_rates(block for stage in roadmap.stages for block in stage) == pytest.approx(rates)
+    assert [len(stage) for stage in drop_path_rates(0.3, (3, 3, 9, 3))] == [3, 3, 9, 3]
 
 
 def test_layer_scale_is_initialised_to_the_given_value_and_absent_when_zero():
