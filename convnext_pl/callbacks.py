@@ -3,6 +3,7 @@
 import csv
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch.nn as nn
@@ -11,6 +12,9 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 from lightning.pytorch.utilities import rank_zero_info
 
 from convnext_pl.errors import UserError
+
+# Where a checkpoint whose state_dict holds the raw weights keeps the EMA weights (see store_raw_weights).
+EMA_STATE_KEY = "ema_state_dict"
 
 # Strategies that shard the weights across ranks; the EMA copy below would be a full, unsharded model per rank.
 SHARDED_STRATEGIES = (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)
@@ -71,6 +75,32 @@ class EMA(EMAWeightAveraging):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pass
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if EMA_STATE_KEY in checkpoint and self._average_model is not None:
+            # A best-raw checkpoint (store_raw_weights): back to Lightning's layout, which the parent restores.
+            checkpoint = {
+                **checkpoint,
+                "state_dict": checkpoint[EMA_STATE_KEY],
+                "current_model_state": checkpoint["state_dict"],
+            }
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+def store_raw_weights(checkpoint: dict[str, Any]) -> None:
+    """Give an EMA run's checkpoint the raw weights as ``state_dict`` (what ``validate``, ``export`` and
+    ``load_pretrained`` read) and keep the EMA weights under ``ema_state_dict``; resuming restores both.
+
+    Lightning's ``WeightAveraging`` writes the EMA weights as ``state_dict`` and the raw ones as
+    ``current_model_state``; a checkpoint chosen by the raw model's score must hold the raw model. A checkpoint
+    without EMA state is left as it is.
+    """
+    if "current_model_state" not in checkpoint:
+        return
+    checkpoint[EMA_STATE_KEY] = checkpoint["state_dict"]
+    checkpoint["state_dict"] = checkpoint.pop("current_model_state")
+
 
 def refuse_sharded_strategy(strategy: Strategy) -> None:
     """Raise :class:`UserError` when ``strategy`` shards the weights: EMA would keep a full copy on every rank."""
@@ -94,6 +124,8 @@ class TopKPredictionWriter(BasePredictionWriter):
         self.output_file = output_file
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        if predictions and not (isinstance(predictions[0], dict) and "classes" in predictions[0]):
+            return  # another task's predictions (detection, segmentation): that task's own writer saves them
         if trainer.world_size > 1:
             raise RuntimeError("predict writes one CSV; run it on a single device (trainer.devices: 1).")
         names = getattr(trainer.datamodule, "class_names", None)

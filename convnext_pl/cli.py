@@ -30,6 +30,7 @@ from convnext_pl.checkpointing import (
     RunCheckpoint,
     checkpoint_load_error,
     find_last_checkpoint,
+    keep_best_per_weights,
 )
 from convnext_pl.errors import UserError
 from convnext_pl.module import ImageClassifier
@@ -165,6 +166,7 @@ class ConvNeXtCLI(LightningCLI):
     def _refuse_an_earlier_runs_folder(self, trainer) -> None:
         # The default loggers always start a new version folder, but a logger with a fixed version (or none:
         # then runs log into default_root_dir) reuses one. Lightning's config saver would refuse only once the
+        self._ema_best = keep_best_per_weights(trainer)  # with EMA: a best-raw and a best-EMA checkpoint
         # run has started, and the failed run's CSVLogger would then delete the earlier run's metrics.csv.
         if not self.save_config_callback:
             return
@@ -204,6 +206,8 @@ class ConvNeXtCLI(LightningCLI):
 
 
 def _last_checkpoint(config, dirpath: str | None) -> Path:
+            if getattr(self, "_ema_best", None) is not None:
+                lines.append(f"Best EMA checkpoint:  {self._ema_best.best_model_path or '-'}")
     """The newest ``last*.ckpt`` of the run name's versions (or of ``checkpoint.dirpath``, when set)."""
     run_dir = Path(config.trainer.get("default_root_dir") or "runs") / _run_name(config)
     candidates = [path for path in [find_last_checkpoint(run_dir)] if path is not None]

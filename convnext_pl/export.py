@@ -4,8 +4,9 @@
 
 The network is rebuilt from the checkpoint's own ``hyper_parameters`` (the ``model.net`` config the CLI recorded),
 loaded with the checkpoint's ``state_dict`` and exported in eval mode, without the LightningModule around it.
-When training used the ``EMA`` callback, ``state_dict`` holds the EMA weights (the raw ones are kept under
-``current_model_state``), so the export is the EMA model, the one the paper evaluates.
+When training used the ``EMA`` callback, ``state_dict`` of ``last.ckpt`` and of the best-EMA file (``ema-*.ckpt``)
+holds the EMA weights (the raw ones are kept under ``current_model_state``), so their export is the EMA model, the
+one the paper evaluates; the best-raw file (``raw-*.ckpt``) holds the raw weights (see ``RunCheckpoint``).
 """
 
 import argparse
@@ -36,8 +37,8 @@ def load_network(ckpt_path: str | Path) -> tuple[nn.Module, dict]:
         ckpt_path: a ``.ckpt`` file from ``python main.py fit``.
 
     Returns:
-        ``(net, checkpoint)``: the network with the checkpoint's ``state_dict`` weights (EMA ones when the EMA
-        callback was on) and the loaded checkpoint, for its other entries.
+        ``(net, checkpoint)``: the network with the checkpoint's ``state_dict`` weights (EMA ones in ``last.ckpt``
+        and ``ema-*.ckpt`` when the EMA callback was on) and the loaded checkpoint, for its other entries.
 
     Raises:
         UserError: the file is missing, unreadable, or holds no network config or weights.
@@ -178,8 +179,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m convnext_pl.export",
         description=(
             "Export the network of a checkpoint from `python main.py fit` for inference. The checkpoint's "
-            "state_dict is exported: it holds the EMA weights when training used the EMA callback (the raw "
-            "weights, kept under current_model_state, are not exported), otherwise the raw weights."
+            "state_dict is exported: with the EMA callback, last.ckpt and ema-*.ckpt hold the EMA weights there "
+            "and raw-*.ckpt the raw ones; without it, the raw weights."
         ),
     )
     parser.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt) written by the CLI.")

@@ -2,6 +2,7 @@
 
 ``runs``: a run's CSV log as curves, predictions as an image grid and a confusion matrix.
 ``inside``: the effective receptive field, the feature maps of each stage, the layer-scale gammas.
+``roadmap``: the roadmap report (every step's params and GFLOPs beside the paper's, as text, CSV and a chart).
 ``python -m convnext_pl.analysis curves RUN --out FILE.png`` draws a run's curves from the command line.
 
 Figures use matplotlib's ``Figure`` API rather than pyplot: no global figure state, so the same call works in
