@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from lightning import LightningDataModule
+from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
@@ -33,7 +33,6 @@ from convnext_pl.checkpointing import (
     keep_best_per_weights,
 )
 from convnext_pl.errors import UserError
-from convnext_pl.module import ImageClassifier
 from convnext_pl.reliability import NonFiniteLossGuard, StepSeeding
 
 USER_ERROR_EXIT_CODE = 2
@@ -51,8 +50,9 @@ class ConvNeXtCLI(LightningCLI):
             **kwargs["trainer_defaults"],
         }
         super().__init__(
-            ImageClassifier,
+            LightningModule,  # the task: `model: {class_path: convnext_pl.ImageClassifier, init_args: ...}`
             LightningDataModule,
+            subclass_mode_model=True,
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # the module builds its own parameter groups and schedule
             args=args,
@@ -87,8 +87,14 @@ class ConvNeXtCLI(LightningCLI):
         self._run_name = _run_name(config)
 
     def _link_num_classes(self, config) -> None:
-        """Give ``model.net`` the data's class count unless the config wrote one; a contradiction is an error."""
-        net, data = config.model.get("net"), config.get("data")
+        """Give ``model.init_args.net`` the data's class count unless the config wrote one (a contradiction is
+        an error). A task whose network has no ``num_classes`` is left alone.
+
+        ``link_arguments`` cannot serve: its source would be ``data.init_args.num_classes``, which is not an
+        argument but a property of the built DataModule, and a link target can no longer be written by the user,
+        so the contradiction check (and the configs that write ``num_classes``) would be lost.
+        """
+        net, data = (config.model.get("init_args") or {}).get("net"), config.get("data")
         if net is None or data is None or "num_classes" not in (net.get("init_args") or {}):
             return
         # A DataModule's __init__ touches no disk, so building one here only to read num_classes is cheap.
@@ -160,13 +166,13 @@ class ConvNeXtCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep any other plugin a config chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        self._ema_best = keep_best_per_weights(trainer)  # with EMA: a best-raw and a best-EMA checkpoint
         self._refuse_an_earlier_runs_folder(trainer)
         return trainer
 
     def _refuse_an_earlier_runs_folder(self, trainer) -> None:
         # The default loggers always start a new version folder, but a logger with a fixed version (or none:
         # then runs log into default_root_dir) reuses one. Lightning's config saver would refuse only once the
-        self._ema_best = keep_best_per_weights(trainer)  # with EMA: a best-raw and a best-EMA checkpoint
         # run has started, and the failed run's CSVLogger would then delete the earlier run's metrics.csv.
         if not self.save_config_callback:
             return
@@ -200,14 +206,14 @@ class ConvNeXtCLI(LightningCLI):
         lines += [f"  {k:<14} {v:.4f}" for k, v in metrics.items()]
         if trainer.checkpoint_callback is not None:
             lines.append(f"Best checkpoint:  {trainer.checkpoint_callback.best_model_path or '-'}")
+            if getattr(self, "_ema_best", None) is not None:
+                lines.append(f"Best EMA checkpoint:  {self._ema_best.best_model_path or '-'}")
             lines.append(f"Last checkpoint:  {trainer.checkpoint_callback.last_model_path or '-'}")
         lines.append(f"Logs and config:  {log_dir}")
         print("\n".join(lines), flush=True)
 
 
 def _last_checkpoint(config, dirpath: str | None) -> Path:
-            if getattr(self, "_ema_best", None) is not None:
-                lines.append(f"Best EMA checkpoint:  {self._ema_best.best_model_path or '-'}")
     """The newest ``last*.ckpt`` of the run name's versions (or of ``checkpoint.dirpath``, when set)."""
     run_dir = Path(config.trainer.get("default_root_dir") or "runs") / _run_name(config)
     candidates = [path for path in [find_last_checkpoint(run_dir)] if path is not None]
