@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from lightning import LightningDataModule, LightningModule
+from lightning import LightningDataModule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
@@ -33,6 +33,7 @@ from convnext_pl.checkpointing import (
     keep_best_per_weights,
 )
 from convnext_pl.errors import UserError
+from convnext_pl.module import ImageClassifier
 from convnext_pl.reliability import NonFiniteLossGuard, StepSeeding
 
 USER_ERROR_EXIT_CODE = 2
@@ -50,9 +51,8 @@ class ConvNeXtCLI(LightningCLI):
             **kwargs["trainer_defaults"],
         }
         super().__init__(
-            LightningModule,  # the task: `model: {class_path: convnext_pl.ImageClassifier, init_args: ...}`
+            ImageClassifier,
             LightningDataModule,
-            subclass_mode_model=True,
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # the module builds its own parameter groups and schedule
             args=args,
@@ -87,14 +87,8 @@ class ConvNeXtCLI(LightningCLI):
         self._run_name = _run_name(config)
 
     def _link_num_classes(self, config) -> None:
-        """Give ``model.init_args.net`` the data's class count unless the config wrote one (a contradiction is
-        an error). A task whose network has no ``num_classes`` is left alone.
-
-        ``link_arguments`` cannot serve: its source would be ``data.init_args.num_classes``, which is not an
-        argument but a property of the built DataModule, and a link target can no longer be written by the user,
-        so the contradiction check (and the configs that write ``num_classes``) would be lost.
-        """
-        net, data = (config.model.get("init_args") or {}).get("net"), config.get("data")
+        """Give ``model.net`` the data's class count unless the config wrote one; a contradiction is an error."""
+        net, data = config.model.get("net"), config.get("data")
         if net is None or data is None or "num_classes" not in (net.get("init_args") or {}):
             return
         # A DataModule's __init__ touches no disk, so building one here only to read num_classes is cheap.
