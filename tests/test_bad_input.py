@@ -3,32 +3,18 @@ fix, no traceback, and nothing of an earlier run overwritten."""
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from fakedata import corrupt_jpeg, truncate_file, write_cifar, write_image_folder
+from helpers import DIGITS, QUIET, SHORT, run_main
+from helpers.fakedata import corrupt_jpeg, truncate_file, write_cifar, write_image_folder
 
 from convnext_pl.cli import cli_main
 from convnext_pl.errors import UserError
 from convnext_pl.models.registry import create_model, list_models
 from convnext_pl.module import ImageClassifier
-
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "configs" / "experiment" / "digits.yaml")
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-SHORT = [
-    "--trainer.max_epochs",
-    "1",
-    "--trainer.limit_train_batches",
-    "2",
-    "--trainer.limit_val_batches",
-    "1",
-]
 
 
 @pytest.fixture(scope="module")
@@ -253,14 +239,7 @@ def test_main_py_prints_one_line_and_exits_2(case, files, tmp_path):
     extra, expected = CASES[case]
     runs = tmp_path / "runs"
     args = ["fit", "--config", DIGITS] + [arg(files) if callable(arg) else arg for arg in extra]
-    result = subprocess.run(
-        [sys.executable, "main.py", *args, *QUIET, "--trainer.default_root_dir", str(runs)],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_main([*args, *QUIET, "--trainer.default_root_dir", str(runs)], check=False)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == expected.format(**files, runs=runs)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from fakedata import CIFAR10_CLASSES, CIFAR100_CLASSES, truncate_file, write_cifar
+from helpers.fakedata import CIFAR10_CLASSES, CIFAR100_CLASSES, truncate_file, write_cifar
 from PIL import Image
 
 from convnext_pl.data import CIFARDataModule

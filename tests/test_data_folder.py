@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from fakedata import corrupt_jpeg, write_image_folder, write_imagenet_meta
+from helpers.fakedata import corrupt_jpeg, write_image_folder, write_imagenet_meta
 
 from convnext_pl.data import ImageFolderDataModule, ImageNetDataModule
 from convnext_pl.errors import UserError

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fakedata import write_image_folder
+from helpers.fakedata import write_image_folder
 from PIL import Image
 
 from convnext_pl.data import (

@@ -1,14 +1,13 @@
 """Export (ONNX, TorchScript, safetensors) reproduces the trained network, and ``predict`` writes its CSV."""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import DIGITS, run_main
 from PIL import Image
 from safetensors import safe_open
 from sklearn.datasets import load_digits
@@ -18,9 +17,6 @@ from convnext_pl.export import export, load_network, main, recorded_image_size
 from convnext_pl.models import create_model
 from convnext_pl.models.pretrained import load_pretrained
 from convnext_pl.module import ImageClassifier
-
-ROOT = Path(__file__).parents[1]
-DIGITS = str(ROOT / "configs" / "experiment" / "digits.yaml")
 
 
 @pytest.fixture(scope="session")
@@ -163,11 +159,10 @@ def _write_digit_images(folder: Path, count: int) -> dict[str, int]:
 def test_predict_command_writes_one_csv_row_per_image(digits_ckpt, tmp_path):
     truths = _write_digit_images(tmp_path / "images", 6)
     runs = tmp_path / "runs"
-    command = [sys.executable, "main.py", "predict", f"--config={DIGITS}", f"--ckpt_path={digits_ckpt}"]
-    command += [f"--data.init_args.predict_dir={tmp_path / 'images'}", f"--trainer.default_root_dir={runs}"]
-    command += ["--trainer.enable_progress_bar=false"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_main(
+        ["predict", f"--config={DIGITS}", f"--ckpt_path={digits_ckpt}", f"--data.init_args.predict_dir={tmp_path / 'images'}",
+         f"--trainer.default_root_dir={runs}", "--trainer.enable_progress_bar=false"]
+    )  # fmt: skip
     (csv_path,) = runs.glob("**/predictions.csv")
     with csv_path.open(newline="") as f:
         rows = list(csv.DictReader(f))

@@ -4,14 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakedata import write_image_folder
+from helpers import DIGITS, EXPERIMENTS, QUIET
+from helpers.fakedata import write_image_folder
 from lightning.pytorch import Callback
 
 from convnext_pl.cli import cli_main
 from convnext_pl.models import create_model
 
-CONFIGS = Path(__file__).parents[1] / "configs" / "experiment"
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 LAYER_DECAY = 0.8
 
 
@@ -52,7 +51,7 @@ def test_digits_fine_tuning_loads_the_body_replaces_the_head_and_decays_lr_per_l
     path, file_state = official_atto
     cli, recorder = _fit(
         [
-            f"--config={CONFIGS / 'digits.yaml'}",
+            f"--config={DIGITS}",
             f"--model.pretrained={path}",
             f"--model.layer_decay={LAYER_DECAY}",
             # The released weights have the 4x4 stem; at 32x32 stage 4 is then 1x1.
@@ -89,7 +88,7 @@ def test_imagefolder_fine_tuning_config_trains_from_an_official_file(official_at
     root = write_image_folder(tmp_path / "my_images", num_classes=3, per_class=4, size=40)
     cli, recorder = _fit(
         [
-            f"--config={CONFIGS / 'imagefolder_finetune.yaml'}",
+            f"--config={EXPERIMENTS / 'imagefolder_finetune.yaml'}",
             f"--model.pretrained={path}",
             "--model.net.init_args.name=convnext_atto",  # the variant the file holds (the config says tiny)
             f"--data.init_args.root={root}",
@@ -112,7 +111,7 @@ def test_released_weights_into_the_small_stem_is_one_line_error(official_atto, t
     path, _ = official_atto
     with pytest.raises(SystemExit) as exit_info:
         cli_main(
-            ["fit", f"--config={CONFIGS / 'digits.yaml'}", f"--model.pretrained={path}"]
+            ["fit", f"--config={DIGITS}", f"--model.pretrained={path}"]
             + ["--trainer.max_steps=1", f"--trainer.default_root_dir={tmp_path}"]
             + QUIET
         )

@@ -3,37 +3,12 @@
 import lightning as L
 import pytest
 import torch
+from helpers import atto_classifier, quiet_trainer, synthetic_data
 
 from convnext_pl.callbacks import EMA
-from convnext_pl.data import SyntheticDataModule
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model
 from convnext_pl.module import ImageClassifier
-
-
-def _data(**overrides):
-    args = dict(num_classes=10, image_size=32, train_size=64, val_size=16, batch_size=8)
-    return SyntheticDataModule(**{**args, **overrides})
-
-
-def _module(**overrides):
-    net = create_model("convnext_atto", num_classes=10, patch_size=2)
-    return ImageClassifier(net, **overrides)
-
-
-def _trainer(tmp_path, **overrides):
-    args = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return L.Trainer(**{**args, **overrides})
 
 
 class _RecordLR(L.Callback):
@@ -46,9 +21,9 @@ class _RecordLR(L.Callback):
 
 def test_lr_at_end_of_warmup_is_the_peak_scaled_to_the_effective_batch(tmp_path):
     record = _RecordLR()
-    module = _module(lr=4e-3, lr_reference_batch=4096, warmup_steps=3, layer_decay=0.8)
-    trainer = _trainer(tmp_path, max_steps=5, accumulate_grad_batches=2, callbacks=[record])
-    trainer.fit(module, _data(batch_size=8))
+    module = atto_classifier(lr=4e-3, lr_reference_batch=4096, warmup_steps=3, layer_decay=0.8)
+    trainer = quiet_trainer(tmp_path, max_steps=5, accumulate_grad_batches=2, callbacks=[record])
+    trainer.fit(module, synthetic_data(batch_size=8))
     peak = 4e-3 * (8 * 1 * 2) / 4096  # per-device batch x devices x accumulation
     assert module._schedule_info["effective_batch_size"] == 16
     assert module._schedule_info["peak_lr"] == pytest.approx(peak)
@@ -61,7 +36,7 @@ def test_lr_at_end_of_warmup_is_the_peak_scaled_to_the_effective_batch(tmp_path)
 
 
 def test_mixup_makes_soft_targets_and_odd_batches_are_refused():
-    module = _module(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+    module = atto_classifier(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
     images, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     mixed, soft = module.mixup(images.clone(), targets)  # timm mixes in place
     assert soft.shape == (4, 10)
@@ -73,16 +48,16 @@ def test_mixup_makes_soft_targets_and_odd_batches_are_refused():
 
 
 def test_class_count_mismatch_between_data_and_model_is_an_error(tmp_path):
-    module = _module()
+    module = atto_classifier()
     with pytest.raises(UserError, match="data has 7 classes but the model's head has 10"):
-        _trainer(tmp_path, max_steps=1).fit(module, _data(num_classes=7))
+        quiet_trainer(tmp_path, max_steps=1).fit(module, synthetic_data(num_classes=7))
 
 
 def test_ema_weights_differ_from_raw_and_both_are_validated(tmp_path):
     ema = EMA(decay=0.5)
-    module = _module(lr=1e-2)
-    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[ema])
-    trainer.fit(module, _data(train_size=32))  # 4 steps, then the end-of-epoch validation
+    module = atto_classifier(lr=1e-2)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[ema])
+    trainer.fit(module, synthetic_data(train_size=32))  # 4 steps, then the end-of-epoch validation
     metrics = trainer.callback_metrics
     assert {"val/acc1", "val_ema/acc1", "val/loss", "val_ema/loss"} <= set(metrics)
     raw = dict(ema._average_model.module.net.named_parameters())
@@ -92,9 +67,9 @@ def test_ema_weights_differ_from_raw_and_both_are_validated(tmp_path):
 
 
 def test_checkpoint_round_trip_gives_the_same_logits(tmp_path):
-    module = _module()
-    trainer = _trainer(tmp_path, max_steps=2)
-    trainer.fit(module, _data())
+    module = atto_classifier()
+    trainer = quiet_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, synthetic_data())
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     restored = ImageClassifier.load_from_checkpoint(
@@ -109,26 +84,26 @@ def test_checkpoint_round_trip_gives_the_same_logits(tmp_path):
 def test_fit_resumed_from_last_checkpoint_continues_the_step_count(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    first = _trainer(
+    first = quiet_trainer(
         tmp_path,
         max_epochs=1,
         enable_checkpointing=True,
         callbacks=[ModelCheckpoint(tmp_path, save_last=True)],
     )
-    first.fit(_module(), _data())
+    first.fit(atto_classifier(), synthetic_data())
     assert first.global_step == 8  # 64 images / batch 8
-    second = _trainer(
+    second = quiet_trainer(
         tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[ModelCheckpoint(tmp_path)]
     )
-    second.fit(_module(), _data(), ckpt_path=tmp_path / "last.ckpt")
+    second.fit(atto_classifier(), synthetic_data(), ckpt_path=tmp_path / "last.ckpt")
     assert second.global_step == 16
     assert second.current_epoch == 2
 
 
 def test_channels_last_network_and_batches_give_the_nchw_outputs():
     torch.manual_seed(0)
-    plain = _module().eval()
-    fast = _module(channels_last=True).eval()
+    plain = atto_classifier().eval()
+    fast = atto_classifier(channels_last=True).eval()
     fast.net.load_state_dict(plain.net.state_dict())
     fast.configure_model()
     assert fast.net.downsample_layers[0][0].weight.is_contiguous(memory_format=torch.channels_last)

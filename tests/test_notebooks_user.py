@@ -1,14 +1,13 @@
 """The user notebooks (02 quickstart, 03 inside ConvNeXt) and the analysis helpers they are built from."""
 
-import json
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torch.nn as nn
+from helpers import NOTEBOOKS
+from helpers.notebooks import code_cells, execute_notebook, png_count
 from matplotlib.figure import Figure
-from nbclient import NotebookClient
 
 from convnext_pl.analysis import (
     effective_receptive_field,
@@ -23,10 +22,8 @@ from convnext_pl.analysis.__main__ import main as analysis_main
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model
 
-NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
 QUICKSTART = NOTEBOOKS / "02_quickstart.ipynb"
 INSIDE = NOTEBOOKS / "03_inside_convnext.ipynb"
-SUMMARY_MARKER = "NOTEBOOK_SUMMARY "
 
 
 # ------------------------------------------------------------------------------------------ analysis helpers
@@ -126,40 +123,13 @@ def test_confusion_matrix_plot_counts_every_prediction():
 # ------------------------------------------------------------------------------------------ the notebooks
 @pytest.mark.parametrize("path", [QUICKSTART, INSIDE], ids=lambda p: p.stem)
 def test_user_notebook_is_committed_without_outputs(path):
-    notebook = nbformat.read(path, as_version=4)
-    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    code = code_cells(path)
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
-
-
-def _execute(path: Path, workdir: Path, summary: str) -> tuple[dict, list]:
-    """Run the notebook top to bottom in ``workdir`` (kernel python3 of this venv), then one extra cell that
-    prints ``summary`` (an expression over the notebook's variables) as JSON; return it and all outputs."""
-    notebook = nbformat.read(path, as_version=4)
-    notebook.cells.append(
-        nbformat.v4.new_code_cell(f"import json\nprint({SUMMARY_MARKER!r} + json.dumps({summary}))")
-    )
-    client = NotebookClient(
-        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
-    )
-    client.execute()
-    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    line = next(line for line in text.splitlines() if line.startswith(SUMMARY_MARKER))
-    return json.loads(line.removeprefix(SUMMARY_MARKER)), outputs
-
-
-def _png_count(outputs: list) -> int:
-    return sum(
-        "image/png" in o.get("data", {})
-        for o in outputs
-        if o.output_type in ("display_data", "execute_result")
-    )
 
 
 @pytest.mark.slow
 def test_quickstart_notebook_trains_plots_and_agrees_with_its_log(tmp_path):
-    summary, outputs = _execute(
+    outputs, summary = execute_notebook(
         QUICKSTART,
         tmp_path,
         "dict(accuracy=accuracy, logged=float(metrics['val/acc1'].values[-1]), n=len(targets), "
@@ -170,12 +140,12 @@ def test_quickstart_notebook_trains_plots_and_agrees_with_its_log(tmp_path):
     assert summary["accuracy"] == pytest.approx(summary["logged"], abs=1e-6)
     assert summary["accuracy"] > 0.5  # trained: chance is 0.1
     assert Path(summary["log_dir"]).is_relative_to(tmp_path)  # runs land beside the notebook, not in the repo
-    assert _png_count(outputs) == 3  # curves, prediction grid, confusion matrix
+    assert png_count(outputs) == 3  # curves, prediction grid, confusion matrix
 
 
 @pytest.mark.slow
 def test_inside_convnext_notebook_measures_erf_stages_and_layer_scale(tmp_path):
-    summary, outputs = _execute(
+    outputs, summary = execute_notebook(
         INSIDE,
         tmp_path,
         "dict(area=erf_area, shapes=[list(m.shape) for m in maps], gammas=gamma_means, steps=steps)",
@@ -185,4 +155,4 @@ def test_inside_convnext_notebook_measures_erf_stages_and_layer_scale(tmp_path):
     assert closed <= patch_share < resnet < opened
     assert summary["shapes"] == [[40, 8, 8], [80, 4, 4], [160, 2, 2], [320, 1, 1]]
     assert summary["steps"] > 0 and all(value > 100 * 1e-6 for value in summary["gammas"].values())
-    assert _png_count(outputs) == 3  # ERF maps, stage maps, layer scale
+    assert png_count(outputs) == 3  # ERF maps, stage maps, layer scale

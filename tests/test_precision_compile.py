@@ -7,36 +7,16 @@ CPU (Lightning autocasts to bfloat16 there), so its wiring from the command line
 import lightning as L
 import pytest
 import torch
+from helpers import quiet_trainer, synthetic_data
 
 from convnext_pl.cli import cli_main
-from convnext_pl.data import SyntheticDataModule
 from convnext_pl.models import create_model
 from convnext_pl.module import ImageClassifier
-
-
-def _data(**overrides) -> SyntheticDataModule:
-    args = dict(num_classes=10, image_size=32, train_size=32, val_size=16, batch_size=8)
-    return SyntheticDataModule(**{**args, **overrides})
 
 
 def _tiny_net() -> torch.nn.Module:
     # One block per stage keeps torch.compile's CPU code generation to seconds; the structure is ConvNeXt's.
     return create_model("convnext_atto", num_classes=10, patch_size=2, depths=(1, 1), dims=(16, 32))
-
-
-def _trainer(tmp_path, **overrides) -> L.Trainer:
-    args = dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return L.Trainer(**{**args, **overrides})
 
 
 class _RecordDtypes(L.Callback):
@@ -84,8 +64,10 @@ def test_mixed_precision_trains_on_a_gpu(tmp_path, precision, dtype):
         pytest.skip("this GPU has no bfloat16")
     record = _RecordDtypes()
     module = ImageClassifier(create_model("convnext_atto", num_classes=10, patch_size=2), channels_last=True)
-    trainer = _trainer(tmp_path, accelerator="gpu", precision=precision, max_steps=4, callbacks=[record])
-    trainer.fit(module, _data())
+    trainer = quiet_trainer(
+        tmp_path, limit_val_batches=0, accelerator="gpu", precision=precision, max_steps=4, callbacks=[record]
+    )
+    trainer.fit(module, synthetic_data(train_size=32))
     assert set(record.logit_dtypes) == {dtype}
     assert all(torch.isfinite(torch.tensor(record.losses)))
     assert all(p.dtype == torch.float32 for p in module.parameters())
@@ -94,8 +76,8 @@ def test_mixed_precision_trains_on_a_gpu(tmp_path, precision, dtype):
 @pytest.mark.slow
 def test_compiled_training_keeps_checkpoint_keys_and_loads_into_an_uncompiled_model(tmp_path):
     compiled = ImageClassifier(_tiny_net(), compile=True)
-    trainer = _trainer(tmp_path, max_steps=2)
-    trainer.fit(compiled, _data())
+    trainer = quiet_trainer(tmp_path, limit_val_batches=0, max_steps=2)
+    trainer.fit(compiled, synthetic_data(train_size=32))
     assert compiled.net._compiled_call_impl is not None  # the network really ran compiled
     trainer.save_checkpoint(tmp_path / "compiled.ckpt")
 
@@ -142,7 +124,9 @@ def test_channels_last_training_step_matches_nchw(tmp_path):
             create_model("convnext_atto", num_classes=10, patch_size=2), channels_last=channels_last
         )
         records[channels_last] = record = _RecordStep()
-        _trainer(tmp_path, max_steps=1, callbacks=[record]).fit(module, _data())
+        quiet_trainer(tmp_path, limit_val_batches=0, max_steps=1, callbacks=[record]).fit(
+            module, synthetic_data(train_size=32)
+        )
     nchw, nhwc = records[False], records[True]
     assert (nchw.stem_channels_last, nhwc.stem_channels_last) == (False, True)
     assert set(nchw.batch_channels_last) == {False} and set(nhwc.batch_channels_last) == {True}

@@ -6,10 +6,9 @@ import pickle
 import pytest
 import timm
 import torch
-from lightning import Trainer
+from helpers import quiet_trainer, synthetic_data
 from safetensors.torch import save_file
 
-from convnext_pl.data.synthetic import SyntheticDataModule
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model, load_pretrained
 from convnext_pl.models.pretrained import to_official_names
@@ -124,17 +123,8 @@ def test_official_isotropic_checkpoint_loads_exactly(tmp_path):
 
 def test_lightning_checkpoint_written_by_the_trainer_loads_into_the_bare_network(tmp_path):
     module = ImageClassifier(create_model("convnext_atto", num_classes=4), lr=1e-2)
-    data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=4, batch_size=4)
-    trainer = Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    data = synthetic_data(num_classes=4, train_size=8, val_size=4, batch_size=4)
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     model = load_pretrained(create_model("convnext_atto", num_classes=4), tmp_path / "last.ckpt")

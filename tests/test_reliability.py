@@ -4,27 +4,24 @@ rank that raises."""
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from reliability_helpers import PoisonBatches
+from helpers import DIGITS, QUIET, run_main
+from helpers.callbacks import PoisonBatches
 
 from convnext_pl import checkpointing
 from convnext_pl.checkpointing import PARTIAL_PREFIX, AtomicCheckpointIO
 from convnext_pl.cli import cli_main
 from convnext_pl.reliability import NonFiniteLossGuard
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-DIGITS = str(ROOT / "configs" / "experiment" / "digits.yaml")
-SHORT = [
+# One digits epoch of 5 batches of 16: the run the loss-guard tests poison.
+FIT = [
     "fit", "--config", DIGITS, "--seed_everything", "0", "--trainer.max_epochs", "1",
     "--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "1", "--data.init_args.batch_size", "16",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    *QUIET,
 ]  # fmt: skip
 
 
@@ -91,7 +88,7 @@ def test_sigkill_during_saves_never_leaves_an_unreadable_checkpoint(tmp_path):
 
 
 def _poisoned(steps: list[int], *extra: str) -> list[str]:
-    return SHORT + ["--trainer.callbacks+=reliability_helpers.PoisonBatches", "--trainer.callbacks.steps",
+    return FIT + ["--trainer.callbacks+=helpers.callbacks.PoisonBatches", "--trainer.callbacks.steps",
                     str(steps), *extra]  # fmt: skip
 
 
@@ -133,12 +130,13 @@ def test_skip_still_stops_a_run_that_keeps_diverging(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_rank_that_raises_ends_the_whole_ddp_job_quickly(tmp_path):
     stamp = tmp_path / "failed_at"
-    command = [sys.executable, "main.py", *SHORT, "--trainer.default_root_dir", str(tmp_path),
-               "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-               "--trainer.callbacks+=reliability_helpers.RaiseOnRank", "--trainer.callbacks.rank", "1",
-               "--trainer.callbacks.step", "2", "--trainer.callbacks.stamp_file", str(stamp)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = run_main(
+        [*FIT, "--trainer.default_root_dir", str(tmp_path),
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+         "--trainer.callbacks+=helpers.callbacks.RaiseOnRank", "--trainer.callbacks.rank", "1",
+         "--trainer.callbacks.step", "2", "--trainer.callbacks.stamp_file", str(stamp)],
+        check=False,
+    )  # fmt: skip
     ended = time.time()
     assert result.returncode != 0
     assert "test failure on rank 1 at step 2" in result.stderr

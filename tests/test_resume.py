@@ -4,29 +4,25 @@ bit-identical to an uninterrupted run; and the pieces that make it so (sampler, 
 import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import DIGITS, QUIET, run_main
 from torch.utils.data import Dataset
 
 from convnext_pl.checkpointing import find_last_checkpoint
 from convnext_pl.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples, derive_seed
 from convnext_pl.reliability import StepSeeding
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-DIGITS = str(ROOT / "configs" / "experiment" / "digits.yaml")
 # 2 epochs of 4 batches; last.ckpt every 3 steps (3 and 6 are mid-epoch). Every source of randomness of the recipe
 # is on: augmentation (torch), drop path (torch), Mixup/CutMix (numpy), and EMA state to restore.
 RUN = [
     "fit", "--config", DIGITS, "--seed_everything", "0",
     "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    "--data.init_args.batch_size", "16", "--checkpoint.every_n_train_steps", "3",
+    *QUIET, "--data.init_args.batch_size", "16", "--checkpoint.every_n_train_steps", "3",
     "--model.net.init_args.drop_path_rate", "0.2", "--model.mixup_alpha", "0.8", "--model.cutmix_alpha", "1.0",
     "--trainer.callbacks+=convnext_pl.callbacks.EMA", "--trainer.callbacks.decay", "0.9",
 ]  # fmt: skip
@@ -34,13 +30,11 @@ TOTAL_STEPS = 8
 
 
 def _main(args: list[str], root: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
-    command = [sys.executable, "main.py", *args, "--trainer.default_root_dir", str(root)]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_main([*args, "--trainer.default_root_dir", str(root)], timeout=timeout, check=False)
 
 
 def _interrupt_at(step: int, signal_name: str) -> list[str]:
-    return ["--trainer.callbacks+=reliability_helpers.SignalAtStep", "--trainer.callbacks.step", str(step),
+    return ["--trainer.callbacks+=helpers.callbacks.SignalAtStep", "--trainer.callbacks.step", str(step),
             "--trainer.callbacks.signal_name", signal_name]  # fmt: skip
 
 

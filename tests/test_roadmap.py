@@ -41,14 +41,8 @@ DOCUMENTED_CHANGES = {
 WITHIN_3_PERCENT = [name for name in STEPS if name != "roadmap_12_layer_norm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are small; on a 2-core machine shared with other jobs, two OpenMP threads wait on each other
-    # and run 10-100x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These models are small: one OpenMP thread is 10-100x faster than two on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _num_params(model: nn.Module) -> int:

@@ -2,18 +2,15 @@
 with one recipe and writes the measured table and chart."""
 
 import csv
-from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from helpers import DIGITS
 
 from convnext_pl.errors import UserError
 from convnext_pl.ladder import LADDER_COLUMNS, step_names
 from convnext_pl.models.roadmap import MAIN_STEPS, create_roadmap_model
 from convnext_pl.roadmap import build_parser, main
-
-DIGITS = Path(__file__).parents[1] / "configs" / "experiment" / "digits.yaml"
 
 
 def test_steps_are_chosen_by_number_or_name():
@@ -45,14 +42,7 @@ def test_unknown_train_options_are_passed_through_to_the_cli():
     assert extra == ["--trainer.limit_train_batches", "2"]
 
 
-@pytest.fixture
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_ladder_trains_two_steps_and_writes_the_results(tmp_path, capsys, restore_threads):
+def test_ladder_trains_two_steps_and_writes_the_results(tmp_path, capsys, one_torch_thread):
     ladder = ["train", "--config", str(DIGITS), "--epochs", "1", "--steps", "0", "13", "--out", str(tmp_path)]
     ladder += ["--width-multiplier", "0.25", "--threads", "1"]  # one thread: 10x faster beside other jobs
     cli_options = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
@@ -71,7 +61,7 @@ def test_ladder_trains_two_steps_and_writes_the_results(tmp_path, capsys, restor
         )
         config = yaml.safe_load(next((tmp_path / row["name"]).glob("version_*/config.yaml")).read_text())
         assert (
-            config["model"]["net"]["init_args"]["name"] == row["name"]
+            config["model"]["init_args"]["net"]["init_args"]["name"] == row["name"]
         )  # the saved config reproduces the run
         assert config["trainer"]["limit_train_batches"] == 2  # extra options reached the CLI
     assert "| 13 | roadmap_13_convnext_tiny |" in (tmp_path / "ladder.md").read_text()

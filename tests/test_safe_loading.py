@@ -8,19 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakedata import write_cifar
+from helpers import DIGITS, QUIET, SHORT
+from helpers.fakedata import write_cifar
 
 from convnext_pl.checkpointing import AtomicCheckpointIO
 from convnext_pl.cli import cli_main
 from convnext_pl.data import CIFARDataModule
 from convnext_pl.errors import UserError
-
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "configs" / "experiment" / "digits.yaml")
-SHORT = [
-    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-]  # fmt: skip
 
 
 class _Payload:
@@ -44,14 +38,14 @@ def test_a_malicious_checkpoint_is_refused_by_every_loading_path_and_never_runs(
     runs = ["--trainer.default_root_dir", str(tmp_path / "runs")]
     # --ckpt_path: LightningCLI reads the checkpoint's hyperparameters before anything is built.
     with pytest.raises(SystemExit):
-        cli_main(["fit", "--config", DIGITS, "--ckpt_path", str(evil), *runs, *SHORT])
+        cli_main(["fit", "--config", DIGITS, "--ckpt_path", str(evil), *runs, *SHORT, *QUIET])
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: checkpoint {evil} was refused by torch.load(weights_only=True): it holds Python objects besides "
         "tensors and plain values; load only checkpoints written by this project (see docs/troubleshooting.md, "
         "'Which files are trusted')"
     )
     # Trainer.fit(ckpt_path=...) from Python goes through the CLI's checkpoint IO.
-    cli = cli_main(["--config", DIGITS, *runs, *SHORT], run=False)
+    cli = cli_main(["--config", DIGITS, *runs, *SHORT, *QUIET], run=False)
     with pytest.raises(UserError, match="refused by torch.load"):
         cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(evil))
     with pytest.raises(UserError, match="refused by torch.load"):
@@ -64,7 +58,7 @@ def test_a_malicious_pretrained_file_is_refused_through_the_cli_and_never_runs(t
     torch.save({"model": {"w": torch.zeros(1)}, "extra": _Payload(marker)}, evil)
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", "--config", DIGITS, "--model.pretrained", str(evil),
-                  "--trainer.default_root_dir", str(tmp_path), *SHORT])  # fmt: skip
+                  "--trainer.default_root_dir", str(tmp_path), *SHORT, *QUIET])  # fmt: skip
     assert exit_info.value.code == 2
     assert (
         capsys.readouterr()
@@ -79,7 +73,7 @@ def test_a_malicious_pretrained_file_is_refused_through_the_cli_and_never_runs(t
 
 def test_the_projects_own_checkpoints_load_with_weights_only(tmp_path):
     # Every piece of state this project adds: EMA, step checkpoints, loss guard, seeding, the data loader position.
-    cli = cli_main(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *SHORT,
+    cli = cli_main(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *SHORT, *QUIET,
                     "--trainer.callbacks+=convnext_pl.callbacks.EMA", "--checkpoint.every_n_train_steps", "1"])  # fmt: skip
     checkpoint = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=True)
     assert {

@@ -7,14 +7,12 @@ piece (``configs/trainer/fsdp.yaml``) needs GPUs in Lightning: on the CPU its YA
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import ROOT, run_main
 from jsonargparse import ArgumentParser
 from lightning import Trainer
 from lightning.pytorch.callbacks import Callback
@@ -27,9 +25,6 @@ from convnext_pl.models import create_model
 from convnext_pl.models.convnext import Block
 from convnext_pl.module import ImageClassifier
 from convnext_pl.parallel import fully_shard_network, shard_units
-
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 
 # Per-device batch 16, 2 processes, accumulation 2: an effective batch of 64 (and 2 optimizer steps per epoch
 # from 4 batches per rank). The lr refers to the paper's batch 4096 and must be rescaled to 64.
@@ -77,22 +72,6 @@ class RankReport(Callback):
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")},
         }
         Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
-
-
-def run_main(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python main.py ARGS`` from the repository root, single-threaded, failing the test with the output tail."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",  # 2 processes on a shared 2-core machine: OpenMP spin-waiting would stall them
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [sys.executable, "main.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, (
-        f"main.py {' '.join(args)} failed:\n{result.stdout[-3000:]}{result.stderr[-5000:]}"
-    )
-    return result
 
 
 def reporter(folder: Path) -> list[str]:
@@ -200,7 +179,7 @@ def resolve_strategy(path: str) -> Strategy:
     parser = ArgumentParser()
     parser.add_argument("--strategy", type=Strategy)
     config = parser.parse_object(
-        {"strategy": yaml.safe_load((REPO / path).read_text())["trainer"]["strategy"]}
+        {"strategy": yaml.safe_load((ROOT / path).read_text())["trainer"]["strategy"]}
     )
     return parser.instantiate(config).strategy
 
@@ -221,7 +200,7 @@ def test_fsdp_yaml_wraps_and_checkpoints_each_convnext_block():
 def test_fsdp2_yaml_is_pure_data_parallel():
     strategy = resolve_strategy("configs/trainer/fsdp2.yaml")
     assert isinstance(strategy, ModelParallelStrategy)
-    trainer = yaml.safe_load((REPO / "configs/trainer/fsdp2.yaml").read_text())["trainer"]
+    trainer = yaml.safe_load((ROOT / "configs/trainer/fsdp2.yaml").read_text())["trainer"]
     assert strategy._data_parallel_size == trainer["devices"] * trainer["num_nodes"]
     assert strategy._tensor_parallel_size == 1
 

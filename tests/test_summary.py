@@ -1,26 +1,17 @@
 """model_summary and its command line: exact parameters, paper GFLOPs, feature-map sizes, clean errors."""
 
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model, model_summary
 from convnext_pl.models import summary as summary_module
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "convnext_pl.models.summary", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    return run_python(["-m", "convnext_pl.models.summary", *args], timeout=120, check=False)
 
 
 def test_summary_of_tiny_matches_the_paper():

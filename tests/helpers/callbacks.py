@@ -1,6 +1,7 @@
 """Test-only callbacks that break a run on purpose, passed by class path through ``--trainer.callbacks``.
 
-Subprocess tests put this folder on ``PYTHONPATH`` and name them as ``reliability_helpers.<Class>``.
+``helpers.run_main`` puts ``tests/`` on the subprocess's ``PYTHONPATH``, so a test names them as
+``helpers.callbacks.<Class>``.
 """
 
 import os

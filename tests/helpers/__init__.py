@@ -1,0 +1,26 @@
+"""Shared test scaffolding: repository paths, command-line fragments, a quiet trainer and synthetic data,
+``main.py`` as a subprocess, notebook execution, generated data sets (``helpers.fakedata``) and test callbacks
+that break runs on purpose (``helpers.callbacks``). Fixtures live in ``tests/conftest.py``.
+"""
+
+from .cli_args import CPU, QUIET, SHORT
+from .paths import CONFIGS, DIGITS, EXPERIMENTS, NOTEBOOKS, ROOT, TESTS
+from .processes import run_main, run_python
+from .training import atto_classifier, quiet_trainer, synthetic_data
+
+__all__ = [
+    "CONFIGS",
+    "CPU",
+    "DIGITS",
+    "EXPERIMENTS",
+    "NOTEBOOKS",
+    "QUIET",
+    "ROOT",
+    "SHORT",
+    "TESTS",
+    "atto_classifier",
+    "quiet_trainer",
+    "run_main",
+    "run_python",
+    "synthetic_data",
+]
