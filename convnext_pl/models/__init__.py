@@ -2,7 +2,6 @@
 
 from convnext_pl.models import roadmap  # noqa: F401  (registers the roadmap_* steps with create_model)
 from convnext_pl.models.convnext import GRN, Block, ConvNeXt, ConvNeXtIsotropic
-from convnext_pl.models.pretrained import load_pretrained
 from convnext_pl.models.registry import create_model, list_models, register_model
 
 __all__ = [
@@ -22,6 +21,11 @@ __all__ = [
 def __getattr__(name: str):
     # `summary` is imported on first use: importing it here would make `python -m convnext_pl.models.summary`
     # find its own module already loaded and print runpy's RuntimeWarning before every run.
+    # `pretrained` likewise (python -m convnext_pl.models.pretrained list/download).
+    if name == "load_pretrained":
+        from convnext_pl.models.pretrained import load_pretrained
+
+        return load_pretrained
     if name in ("model_summary", "ModelSummary"):
         from convnext_pl.models import summary
 

@@ -1,4 +1,8 @@
-"""Load ConvNeXt weights from official, timm or this project's Lightning checkpoints.
+"""Load ConvNeXt weights from official, timm or this project's Lightning checkpoints, by path or by name.
+
+``source`` is a path, a released weights name of :mod:`convnext_pl.models.catalogue`, a URL or a Hugging Face Hub
+id; :mod:`convnext_pl.models.download` finds or downloads the file. ``python -m convnext_pl.models.pretrained list``
+prints the catalogue, ``... download NAME`` fills the cache (for compute nodes without internet).
 
 The model uses the official parameter names (docs/paper.md §2, "Official checkpoint format"), so official files
 load as they are; timm files are renamed with the table below; Lightning checkpoints lose their ``net.``
@@ -9,8 +13,10 @@ Written by hand because timm's ``checkpoint_filter_fn`` maps the other way (offi
 user can act on.
 """
 
+import argparse
 import pickle
 import re
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +26,8 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from convnext_pl.errors import UserError
+from convnext_pl.models.catalogue import CATALOGUE, IN22K_CLASSES, Weights, list_weights
+from convnext_pl.models.download import resolve
 
 # timm name -> official name, applied in order to every key of a timm state dict (docs/paper.md §2).
 TIMM_TO_OFFICIAL: list[tuple[str, str]] = [
@@ -47,35 +55,45 @@ def load_pretrained(model: nn.Module, path: str | Path, replace_head: bool = Fal
 
     Args:
         model: a ``ConvNeXt`` or ``ConvNeXtIsotropic`` built with the architecture the file was saved from.
-        path: an official checkpoint (``{"model": ...}``), a timm state dict (``.pth``/``.bin`` or
-            ``.safetensors``) or a Lightning checkpoint of this project.
-        replace_head: when the file's classifier has another class count (an ImageNet-22K head, say), keep
-            the model's freshly initialised head instead of failing; a warning says so.
+        path: a released weights name (``convnext_tiny.in22k_ft_in1k``, see ``list``), an ``https://`` URL,
+            ``hf-hub:<owner>/<repo>`` (or a bare hub id), or a local file: an official checkpoint
+            (``{"model": ...}``), a timm state dict (``.pth``/``.bin`` or ``.safetensors``) or a Lightning
+            checkpoint of this project. Names, URLs and hub ids are downloaded once into the cache.
+        replace_head: when the file's classifier has another class count (an ImageNet-22K head, say) or none
+            (a pre-training-only file), keep the model's freshly initialised head (and final norm, when the file
+            has none) instead of failing; a warning says so.
 
     Returns:
         ``model``, with the weights loaded.
 
     Raises:
-        UserError: the file is missing, unreadable, not a plain weights file, or does not fit the model.
+        UserError: the file is missing, unreadable, not a plain weights file, or does not fit the model; a
+            released name whose network is not the model's (checked before any download).
     """
-    path = Path(path)
+    entry = CATALOGUE.get(str(path))
+    if entry is not None:
+        check_architecture(entry, model, replace_head)
+    path = resolve(path, check=_read_state_dict).path
     state = to_official_names(_read_state_dict(path))
     target = model.state_dict()
-    body_problem = _first_mismatch(state, target, lambda key: not _is_head(key))
+    # A pre-training-only file (FCMAE) has neither classifier nor final norm: both start fresh when fine-tuning.
+    headless = not any(_is_head(k) or k.startswith("norm.") for k in state)
+    is_new = (lambda key: _is_head(key) or key.startswith("norm.")) if headless else _is_head
+    body_problem = _first_mismatch(state, target, lambda key: not is_new(key))
     if body_problem:
         raise UserError(
             f"Checkpoint '{path}' does not fit this {type(model).__name__}: {body_problem}; "
             "build the model variant the checkpoint was saved from."
         )
-    head_problem = _first_mismatch(state, target, _is_head)
+    head_problem = _first_mismatch(state, target, is_new)
     if head_problem and not replace_head:
         raise UserError(
             f"Checkpoint '{path}' has another classifier head than the model: {head_problem}; "
             "pass replace_head=True to keep the model's new head and load everything else."
         )
     if head_problem:
-        state = {k: v for k, v in state.items() if not _is_head(k)}
-        state.update({k: v for k, v in target.items() if _is_head(k)})  # keep the fresh head as it is
+        state = {k: v for k, v in state.items() if not is_new(k)}
+        state.update({k: v for k, v in target.items() if is_new(k)})  # keep the fresh head as it is
         warnings.warn(
             f"The head in '{path}' does not match the model; the head was re-initialised with "
             f"{getattr(model, 'num_classes', '?')} classes.",
@@ -83,6 +101,60 @@ def load_pretrained(model: nn.Module, path: str | Path, replace_head: bool = Fal
         )
     model.load_state_dict(state, strict=True)
     return model
+
+
+def check_architecture(entry: Weights, model: nn.Module, replace_head: bool = False) -> None:
+    """Refuse, in one sentence naming both, a released file whose network is not ``model``'s (no download).
+
+    The entry's network is built on the meta device (no memory) and compared tensor by tensor, the head aside;
+    without ``replace_head`` the head's class count must match too (a 22K head on a 1K model is refused).
+    """
+    with torch.device("meta"):
+        reference = entry.build()
+    problem = _first_mismatch(
+        reference.state_dict(), model.state_dict(), lambda key: not (_is_head(key) or key.startswith("norm."))
+    )
+    if problem:
+        wanted = entry.arch.kwargs.get("name", entry.arch.factory)
+        raise UserError(
+            f"{entry.name} is a {wanted} ({describe_network(reference)}) but the configured network is a "
+            f"{describe_network(model)} ({problem}); set the network's name to {wanted} "
+            f"(model.init_args.net.init_args.name: {wanted}) to use these weights"
+        )
+    classes = getattr(model, "num_classes", None)
+    if replace_head or classes is None or classes == entry.num_classes:
+        return
+    if entry.num_classes == 0:
+        raise UserError(
+            f"{entry.name} has no classifier (pre-training only); fine-tune it with 'fit', which starts a new "
+            "head, before validating, testing or predicting"
+        )
+    if entry.num_classes == IN22K_CLASSES:
+        fine_tuned = entry.name.replace(".in22k", ".in22k_ft_in1k")
+        hint = (
+            f"use its ImageNet-1K fine-tuned weights {fine_tuned}"
+            if fine_tuned in CATALOGUE
+            else "fine-tune it"
+        )
+        raise UserError(
+            f"{entry.name} has an ImageNet-22K head ({IN22K_CLASSES} classes) but the model has {classes} outputs; "
+            f"{hint}, or fine-tune it with 'fit' (which replaces the head); no 22K->1K class mapping is applied"
+        )
+    raise UserError(
+        f"{entry.name} has a {entry.num_classes}-class head but the model has {classes} outputs; evaluate it on "
+        f"data with {entry.num_classes} classes, or fine-tune it with 'fit' (which replaces the head)"
+    )
+
+
+def describe_network(model: nn.Module) -> str:
+    """A network's shape in a few words: ``ConvNeXt depths (3, 3, 9, 3), dims (96, ...), patch 4``."""
+    words = [type(model).__name__]
+    for attribute in ("depths", "dims", "depth", "num_features", "patch_size"):
+        if hasattr(model, attribute) and not (attribute == "num_features" and hasattr(model, "dims")):
+            words.append(f"{attribute.replace('num_features', 'dim')} {getattr(model, attribute)}")
+    if any(name.endswith(".grn.gamma") for name, _ in model.named_parameters()):
+        words.append("with GRN (V2)")
+    return ", ".join(words)
 
 
 def to_official_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -188,3 +260,56 @@ def _first_mismatch(
             return f"'{key}' has shape {tuple(state[key].shape)} in the file but {tuple(expected.shape)} in the model"
     unexpected = [key for key in state if selected(key) and key not in target]
     return f"'{unexpected[0]}' in the file is not a parameter of the model" if unexpected else ""
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def _format_table(entries: list[Weights]) -> str:
+    rows = [("name", "params", "res", "top-1", "classes", "source")]
+    params = {}
+    for entry in entries:
+        key = (entry.arch.factory, tuple(sorted(entry.arch.kwargs.items())))
+        if key not in params:
+            with torch.device("meta"):  # counts without allocating or initialising
+                params[key] = sum(p.numel() for p in entry.build().parameters())
+        top1 = entry.reported.get("top1")
+        rows.append((
+            entry.name,
+            f"{params[key] / 1e6:.1f}M",
+            str(entry.image_size),
+            f"{top1:.1f}" if top1 is not None else "-",
+            str(entry.num_classes or "-"),
+            f"hf-hub:{entry.hf_hub_id}" if entry.hf_hub_id else entry.url,  # what a load by name downloads
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``list [--filter TEXT]`` prints the catalogue; ``download NAME...`` fills the cache and prints the paths."""
+    parser = argparse.ArgumentParser(prog="python -m convnext_pl.models.pretrained", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="print the released weights as a table")
+    listing.add_argument("--filter", default=None, help="only names containing this text (e.g. tiny, in22k)")
+    listing.add_argument("--task", default=None, help="classification, segmentation or detection")
+    fetching = commands.add_parser("download", help="download into the cache (TORCH_HOME / HF_HOME)")
+    fetching.add_argument("names", nargs="+", help="released names, URLs or hf-hub:<repo>")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            entries = list_weights(args.filter, args.task)
+            if not entries:
+                raise UserError(f"no released weights match '{args.filter}'; run 'list' without --filter")
+            print(_format_table(entries))
+        else:
+            for name in args.names:
+                print(f"{name}: {resolve(name, check=_read_state_dict).path}", flush=True)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
