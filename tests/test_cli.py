@@ -1,27 +1,21 @@
 """The command line as users drive it: every config instantiates, every experiment trains, the demo runs."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import CONFIGS, CPU, DIGITS, EXPERIMENTS, QUIET, run_main
 
 from convnext_pl.cli import ConvNeXtCLI, cli_main
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-EXPERIMENTS = sorted((CONFIGS / "experiment").glob("*.yaml"))
-DIGITS = str(CONFIGS / "experiment" / "digits.yaml")
+EXPERIMENT_FILES = sorted(EXPERIMENTS.glob("*.yaml"))
 SYNTHETIC = json.dumps(
     {
         "class_path": "convnext_pl.data.SyntheticDataModule",
         "init_args": {"num_classes": 10, "image_size": 32, "train_size": 64, "val_size": 8, "batch_size": 4},
     }
 )
-CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 class _ParseOnly(ConvNeXtCLI):
@@ -38,13 +32,13 @@ def _needs_gpu(path: Path) -> bool:
     return "accelerator: gpu" in path.read_text()
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("experiment", EXPERIMENT_FILES, ids=lambda p: p.stem)
 def test_every_experiment_config_instantiates(experiment, tmp_path):
     cli = cli_main(["--config", str(experiment), "--trainer.default_root_dir", str(tmp_path)], run=False)
     assert cli.model.num_classes == cli.datamodule.num_classes  # the class count flowed from the data
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("experiment", EXPERIMENT_FILES, ids=lambda p: p.stem)
 def test_every_experiment_trains_two_steps_and_validates_on_synthetic_data(experiment, tmp_path):
     """The experiment's recipe (Mixup, EMA, layer decay, accumulation ...) on a shrunk model and synthetic data."""
     cli = cli_main(
@@ -135,16 +129,8 @@ def test_runs_go_to_a_new_version_folder_and_keep_the_resolved_config(tmp_path):
 @pytest.mark.slow
 def test_main_py_trains_the_digits_demo_and_reports_where_things_went(tmp_path):
     """What `make demo` runs, shortened to one epoch."""
-    result = subprocess.run(
-        [sys.executable, "main.py", "fit", "--config", DIGITS, "--trainer.max_epochs", "1"]
-        + ["--trainer.default_root_dir", str(tmp_path)]
-        + QUIET,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    demo = ["fit", "--config", DIGITS, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}"]
+    result = run_main(demo + QUIET)
     assert "val/acc1" in result.stdout
     assert f"Last checkpoint:  {tmp_path}/digits/version_0/checkpoints/last.ckpt" in result.stdout
     assert (tmp_path / "digits" / "version_0" / "metrics.csv").exists()
