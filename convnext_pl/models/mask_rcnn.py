@@ -1,0 +1,187 @@
+"""Mask R-CNN (and Faster R-CNN) with a ConvNeXt backbone, on torchvision's detection models.
+
+The detector of the paper's COCO table (docs/paper.md §6; official ``object_detection/configs/convnext/
+mask_rcnn_convnext_tiny_patch4_window7_mstrain_480-800_adamw_3x_coco_in1k.py`` on mmdet 2.x) has exactly the
+structure of torchvision's ``maskrcnn_resnet50_fpn`` (v1) with another backbone:
+
+- backbone: :class:`convnext_pl.models.backbone.ConvNeXtBackbone` (four stage maps through ``norm0..3``);
+- neck: torchvision's ``FeaturePyramidNetwork``, 256 channels, P2..P5 plus P6 by max pool (``LastLevelMaxPool``,
+  mmdet FPN ``num_outs=5`` without extra convs);
+- RPN: anchors of size 32..512 at strides 4..64 (mmdet scale 8 x stride), ratios 0.5/1/2, 3x3 conv head;
+  1000 proposals per image after NMS in training as in mmdet's ``rpn_proposal.max_per_img`` (torchvision: 2000);
+- box branch: 7x7 RoIAlign, two shared 1024-d FC layers (mmdet ``Shared2FCBBoxHead``), class-specific boxes with
+  coder weights (10, 10, 5, 5) = mmdet's target stds (0.1, 0.1, 0.2, 0.2);
+- mask branch (absent in Faster R-CNN): 14x14 RoIAlign, four 3x3 convs of 256, 2x2 deconv, per-class 28x28 masks.
+
+Images enter as a list of float (3, H, W) tensors in [0, 1]; the model normalises them (ImageNet mean/std, which
+is mmdet's 0-255 ``img_norm_cfg`` divided by 255) and pads the batch to a multiple of 32. In evaluation it also
+resizes (shorter side ``min_size``, long side <= ``max_size``) and maps detections back to the input size; in
+training the data pipeline has already resized (multi-scale, see ``convnext_pl/data/coco.py``), so it does not.
+The differences that remain to mmdet are listed in docs/detection.md.
+"""
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from convnext_pl.models.backbone import (
+    ConvNeXtBackbone,
+    create_backbone,
+    layer_id_layer_wise,
+    layer_id_stage_wise,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # mmdet img_norm_cfg mean (123.675, 116.28, 103.53) / 255
+IMAGENET_STD = (0.229, 0.224, 0.225)  # mmdet img_norm_cfg std (58.395, 57.12, 57.375) / 255
+FPN_CHANNELS = 256
+COCO_CLASSES = 80
+BODY_PREFIX = "backbone.body."  # where the ConvNeXt sits in torchvision's naming (mmdet: "backbone.")
+
+
+class ConvNeXtFPN(nn.Module):
+    """The ConvNeXt backbone (``body``) followed by torchvision's FPN (``fpn``), as torchvision's detectors expect.
+
+    torchvision's ``BackboneWithFPN`` takes the maps out of a network by module name; ``ConvNeXtBackbone`` returns
+    them itself, so this small module only names them ``"0".."3"`` (the RoI poolers' ``featmap_names``).
+
+    Args:
+        body: the backbone returning four stage maps.
+        out_channels: FPN channels (official 256).
+    """
+
+    def __init__(self, body: ConvNeXtBackbone, out_channels: int = FPN_CHANNELS):
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(
+            list(body.out_channels), out_channels, extra_blocks=LastLevelMaxPool()
+        )
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict:
+        """(N, 3, H, W) -> {"0": P2, "1": P3, "2": P4, "3": P5, "pool": P6}, each (N, 256, H / s, W / s)."""
+        maps = self.body(x)
+        return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
+
+
+class DetectionTransform(GeneralizedRCNNTransform):
+    """torchvision's normalise-resize-batch step, resizing only in evaluation.
+
+    In training torchvision would resize every image again to ``min_size``, undoing the multi-scale augmentation
+    of the data pipeline; mmdet resizes in the pipeline only, and so does this project.
+    """
+
+    def resize(self, image: torch.Tensor, target: dict | None = None):
+        if self.training:
+            return image, target
+        return super().resize(image, target)
+
+
+def create_mask_rcnn(
+    backbone: str = "convnext_tiny",
+    num_classes: int | None = None,
+    masks: bool = True,
+    drop_path_rate: float = 0.0,
+    pretrained: str | Path | None = None,
+    min_size: int = 800,
+    max_size: int = 1333,
+    rpn_post_nms_top_n_train: int = 1000,
+    **backbone_options,
+) -> GeneralizedRCNN:
+    """Mask R-CNN (or Faster R-CNN with ``masks=False``) with a ConvNeXt backbone (see the module docstring).
+
+    Args:
+        backbone: any hierarchical model of :func:`convnext_pl.models.list_models` (``convnext_tiny``,
+            ``convnextv2_atto``, ...).
+        num_classes: object classes without the background; None: COCO's 80. The heads get one more output
+            (torchvision's background class 0). From the CLI it follows the data's categories.
+        masks: Mask R-CNN when True, Faster R-CNN (no mask branch) when False.
+        drop_path_rate: the backbone's stochastic depth (official Mask R-CNN T: 0.4).
+        pretrained: ImageNet weights for the backbone (a checkpoint the backbone's loader accepts); the FPN and
+            heads start from torchvision's initialisation.
+        min_size: shorter side images are resized to in evaluation (official 800).
+        max_size: longest side in evaluation (official 1333).
+        rpn_post_nms_top_n_train: proposals kept per training image (mmdet 2.x ``rpn_proposal.max_per_img`` 1000).
+        **backbone_options: passed to :func:`convnext_pl.models.backbone.create_backbone`
+            (``layer_scale_init_value``, ``patch_size``, ...).
+    """
+    num_classes = COCO_CLASSES if num_classes is None else num_classes
+    body = create_backbone(backbone, drop_path_rate=drop_path_rate, pretrained=pretrained, **backbone_options)
+    detector_class = MaskRCNN if masks else FasterRCNN
+    model = detector_class(
+        ConvNeXtFPN(body),
+        num_classes=num_classes + 1,  # torchvision counts the background as class 0
+        min_size=min_size,
+        max_size=max_size,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+    )
+    model.transform = DetectionTransform(min_size, max_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    model.num_classes = num_classes
+    model.has_masks = masks
+    return model
+
+
+def detector_layer_ids(
+    model: nn.Module, decay_type: str = "layer_wise", num_layers: int = 6
+) -> dict[str, int]:
+    """Official layer id (``mmcv_custom/layer_decay_optimizer_constructor.py``) of every detector parameter.
+
+    The official functions read mmdet names (``backbone.stages.2.4.dwconv.weight``); torchvision puts the
+    ConvNeXt under ``backbone.body.``, so that prefix is read as ``backbone.`` and every other parameter (FPN,
+    RPN, RoI heads) gets ``num_layers + 1``, the full lr. For T, ``num_layers`` is 6 (official 3x config).
+    """
+    layer_id = layer_id_layer_wise if decay_type == "layer_wise" else layer_id_stage_wise
+    ids = {}
+    for name, _ in model.named_parameters():
+        if name.startswith(BODY_PREFIX):
+            ids[name] = layer_id("backbone." + name.removeprefix(BODY_PREFIX), num_layers)
+        else:
+            ids[name] = num_layers + 1
+    return ids
+
+
+def count_detector_macs(
+    model: MaskRCNN | FasterRCNN,
+    height: int = 800,
+    width: int = 1280,
+    proposals: int = 1000,
+    detections: int = 100,
+) -> int:
+    """Multiply-adds of one image through the detector, counted as mmdet's ``get_flops.py`` counts them.
+
+    mmdet counts ``forward_dummy``: backbone, FPN and RPN head on the image, the box head on ``proposals`` RoIs
+    and the mask head on the first ``detections`` of them. That fixes what a real forward leaves to the image
+    (how many proposals survive NMS, how many detections pass the score threshold), so the same is done here
+    with ``torch.utils.flop_counter`` (halved, see ``flops.count_macs``). RoIAlign, NMS and the norms are not
+    counted, as in mmdet's counter. Official ConvNeXt-T Mask R-CNN at 1280x800: 262G.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    x = torch.zeros(1, 3, height, width, device=device)
+    sizes = [(height, width)]
+    # Any boxes inside the image: the counts depend on their number only. (x1, y1) in the top-left quarter.
+    corner = torch.rand(proposals, 2, device=device) * torch.tensor([width / 2, height / 2], device=device)
+    boxes = torch.cat([corner, corner + torch.tensor([width / 2, height / 2], device=device)], dim=1)
+    heads = model.roi_heads
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            features = model.backbone(x)
+            model.rpn.head(list(features.values()))
+            heads.box_predictor(heads.box_head(heads.box_roi_pool(features, [boxes], sizes)))
+            if heads.has_mask():
+                mask_features = heads.mask_roi_pool(features, [boxes[:detections]], sizes)
+                heads.mask_predictor(heads.mask_head(mask_features))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2

@@ -1,0 +1,1 @@
+"""The dense-prediction task LightningModules: ``segmentation.SemanticSegmenter``, ``detection.MaskRCNNDetector``."""
