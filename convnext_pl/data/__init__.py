@@ -4,8 +4,10 @@ Every module stores its arguments in ``__init__`` and reads the disk only in ``p
 every loader yields ``(images: FloatTensor[N, 3, H, W], targets: LongTensor[N])``.
 """
 
+from convnext_pl.data.ade20k import ADE20KDataModule, SegmentationFolderDataModule, SyntheticScenesDataModule
 from convnext_pl.data.base import ClassificationDataModule
 from convnext_pl.data.cifar import CIFARDataModule
+from convnext_pl.data.coco import COCODataModule, COCOShapesDataModule
 from convnext_pl.data.digits import DigitsDataModule
 from convnext_pl.data.folder import ImageFolderDataModule
 from convnext_pl.data.imagenet import ImageNetDataModule
@@ -13,7 +15,12 @@ from convnext_pl.data.synthetic import SyntheticDataModule
 from convnext_pl.data.transforms import eval_transform, small_image_train_transform, train_transform
 
 __all__ = [
+    "ADE20KDataModule",
+    "SegmentationFolderDataModule",
+    "SyntheticScenesDataModule",
     "CIFARDataModule",
+    "COCODataModule",
+    "COCOShapesDataModule",
     "ClassificationDataModule",
     "DigitsDataModule",
     "ImageFolderDataModule",

@@ -1,0 +1,238 @@
+"""Semantic segmentation: UperNet + ConvNeXt trained and evaluated as the official ADE20K recipe does.
+
+Loss (mmseg ``EncoderDecoder``): pixel cross-entropy with ignore 255 on the decode head's scores upsampled to
+the label, plus ``aux_weight`` (0.4) times the auxiliary head's. Optimizer (docs/paper.md §6): AdamW with
+layer-wise lr decay on the official layer ids ("stage_wise" / "layer_wise"), linear warm-up then poly decay per
+iteration, lr scaled to the effective batch as classification does. Metrics (mmseg ``mean_iou``): per-class IoU,
+mIoU over the classes present in the labels, pixel accuracy, all from one confusion matrix (torchmetrics).
+Inference: whole image or sliding window, at several scales with flips, from the YAML (``inference.py``).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from PIL import Image
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from convnext_pl.data.seg_transforms import IGNORE_INDEX
+from convnext_pl.errors import UserError
+from convnext_pl.models.backbone import DECAY_TYPES, dense_layer_ids
+from convnext_pl.models.upernet import resize
+from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_poly
+from convnext_pl.tasks.inference import InferenceMode, segment
+
+
+def palette(num_classes: int) -> list[int]:
+    """A fixed colour per class (flat RGB list for a PNG palette); 255 (ignore) is black."""
+    rng = np.random.default_rng(0)  # the same colours in every run
+    colours = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    colours[IGNORE_INDEX] = 0
+    return colours[: max(num_classes, IGNORE_INDEX + 1)].flatten().tolist()
+
+
+class SemanticSegmenter(LightningModule):
+    """Semantic segmentation with the official UperNet recipe.
+
+    Args:
+        net: the segmentation network (``create_upernet``): ``forward_heads`` in training, ``forward`` scores
+            at the input size, ``num_classes``, a ``backbone`` attribute.
+        lr: peak lr at ``lr_reference_batch`` (official 1e-4 at 16).
+        lr_reference_batch: batch ``lr`` refers to (peak = lr x effective batch / reference); None: no scaling.
+        weight_decay: AdamW decay of matrices and kernels (official 0.05; none on 1-D parameters and biases).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up iterations (official 1500).
+        warmup_ratio: warm-up start as a fraction of the peak (official 1e-6).
+        poly_power: exponent of the poly decay to ``min_lr`` (official 1.0).
+        min_lr: final lr (official 0).
+        layer_decay: lr decay per layer id (official 0.9); None: off.
+        decay_type: "stage_wise" (official for T) or "layer_wise" (S, B and larger).
+        num_layers: the official ``num_layers`` (6 stage-wise, 12 layer-wise).
+        aux_weight: weight of the auxiliary head's loss (official 0.4).
+        inference: "whole" or "slide" (official ADE20K evaluation: slide, crop 512, stride 341).
+        slide_crop: sliding-window size (H, W).
+        slide_stride: sliding-window stride (H, W).
+        test_scales: ratios of the evaluation scale (official multi-scale: 0.5, 0.75, ..., 1.75; single: 1.0).
+        flip: also segment the mirrored image and average (official "ms+flip").
+        pretrained: a whole segmentation checkpoint (a released ADE20K file in mmseg layout, or this project's),
+            loaded before any stage; the backbone's ImageNet weights are the net's ``pretrained_backbone``.
+        output_dir: where ``predict`` writes the colour PNG masks (default: ``<run folder>/masks``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        lr: float = 1e-4,
+        lr_reference_batch: int | None = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        warmup_ratio: float = 1e-6,
+        poly_power: float = 1.0,
+        min_lr: float = 0.0,
+        layer_decay: float | None = None,
+        decay_type: str = "stage_wise",
+        num_layers: int = 6,
+        aux_weight: float = 0.4,
+        inference: InferenceMode = "whole",
+        slide_crop: tuple[int, int] = (512, 512),
+        slide_stride: tuple[int, int] = (341, 341),
+        test_scales: list[float] = [1.0],
+        flip: bool = False,
+        pretrained: str | None = None,
+        output_dir: str | None = None,
+    ):
+        super().__init__()
+        if decay_type not in DECAY_TYPES:
+            raise UserError(f"decay_type '{decay_type}' is unknown; use one of {', '.join(DECAY_TYPES)}.")
+        self.save_hyperparameters(ignore=["net"] if _created_in_code() else None)
+        self.net = net
+        self.num_classes = net.num_classes
+        self.train_loss = MeanMetric()
+        self.confusion = nn.ModuleDict(
+            {
+                split: MulticlassConfusionMatrix(self.num_classes, ignore_index=IGNORE_INDEX)
+                for split in ("val", "test")
+            }
+        )
+        self._pretrained_loaded = False
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes is not None and data_classes != self.num_classes:
+            raise UserError(
+                f"The data has {data_classes} classes but the model has {self.num_classes} outputs; remove "
+                f"num_classes from the model's net config (it follows the data) or set it to {data_classes}."
+            )
+        if self.hparams.pretrained and not self._pretrained_loaded:
+            from convnext_pl.models.upernet import load_segmentation_checkpoint
+
+            load_segmentation_checkpoint(self.net, _weights_file(self.hparams.pretrained))
+            self._pretrained_loaded = True
+            rank_zero_info(f"Loaded segmentation weights from {self.hparams.pretrained}")
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, num_classes, H, W) class probabilities, with the configured inference."""
+        hp = self.hparams
+        return segment(
+            self.net, images, hp.inference, hp.slide_crop, hp.slide_stride, hp.test_scales, hp.flip
+        )
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        heads = self.net.forward_heads(images)
+        loss = self._pixel_loss(heads["decode"], labels)
+        self.log("train/loss_decode", loss)
+        if "aux" in heads:
+            aux = self._pixel_loss(heads["aux"], labels)
+            self.log("train/loss_aux", aux)
+            loss = loss + self.hparams.aux_weight * aux
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    @staticmethod
+    def _pixel_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # mmseg: scores upsampled (bilinear) to the label's size, then CE averaged over the labelled pixels.
+        return F.cross_entropy(resize(logits, labels.shape[-2:]), labels, ignore_index=IGNORE_INDEX)
+
+    def _evaluate(self, batch, split: str) -> None:
+        images, labels = batch
+        probs = resize(self(images), labels.shape[-2:])  # mmseg evaluates at the label's own resolution
+        self.confusion[split].update(probs.argmax(dim=1), labels)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_metrics(self, split: str) -> None:
+        matrix = self.confusion[split].compute().double()  # (true, predicted) pixel counts, summed over ranks
+        self.confusion[split].reset()
+        iou, accuracy = iou_from_confusion(matrix)
+        names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None) or []
+        self.log(f"{split}/mIoU", torch.nanmean(iou).float() * 100, prog_bar=True)
+        self.log(f"{split}/aAcc", accuracy.float() * 100)
+        for index, value in enumerate(iou.tolist()):
+            name = names[index] if index < len(names) else f"class_{index}"
+            if value == value:  # NaN: the class is absent from the labels and its prediction (mmseg skips it)
+                self.log(f"{split}/IoU/{name}", value * 100)
+
+    def predict_step(self, batch, batch_idx: int) -> list[str]:
+        images, paths, sizes = batch
+        probs = self(images)
+        folder = Path(self.hparams.output_dir or Path(self.trainer.log_dir or ".") / "masks")
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for prob, path, size in zip(probs, paths, sizes, strict=True):
+            mask = resize(prob[None], size)[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+            image = Image.fromarray(mask, mode="L").convert("P")
+            image.putpalette(palette(self.num_classes))  # class index per pixel, shown in its colour
+            target = folder / f"{Path(path).stem}.png"
+            image.save(target)
+            written.append(str(target))
+        return written
+
+    def on_predict_epoch_end(self) -> None:
+        folder = self.hparams.output_dir or Path(self.trainer.log_dir or ".") / "masks"
+        rank_zero_info(f"Wrote colour masks (class index per pixel, PNG palette) to {folder}")
+
+    # -------------------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        hp = self.hparams
+        effective_batch = effective_batch_size(self.trainer)
+        peak_lr = scaled_lr(hp.lr, effective_batch, hp.lr_reference_batch)
+        layer_ids = (
+            dense_layer_ids(self.net, hp.decay_type, hp.num_layers) if hp.layer_decay is not None else None
+        )
+        optimizer = build_optimizer(
+            self.net, peak_lr, hp.weight_decay, hp.layer_decay, layer_ids, hp.num_layers + 1, hp.betas,
+            config_prefix="model.init_args",
+        )  # fmt: skip
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        min_ratio = hp.min_lr / hp.lr if hp.lr > 0 else 0.0
+        schedule = warmup_poly(hp.warmup_steps, total_steps, hp.poly_power, min_ratio, hp.warmup_ratio)
+        rank_zero_info(
+            f"Effective batch {effective_batch}, peak lr {peak_lr:.3g}, {hp.warmup_steps} warm-up steps of "
+            f"{total_steps}, poly power {hp.poly_power}"
+        )
+        return {"optimizer": optimizer, "lr_scheduler": per_step(optimizer, schedule)}
+
+
+def iou_from_confusion(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class IoU (NaN for a class absent from labels and predictions) and pixel accuracy, as mmseg's
+    ``mean_iou``: IoU = TP / (TP + FP + FN) from a (true, predicted) confusion matrix."""
+    true_positive = matrix.diagonal()
+    union = matrix.sum(dim=0) + matrix.sum(dim=1) - true_positive
+    iou = torch.where(union > 0, true_positive / union.clamp(min=1), torch.full_like(union, float("nan")))
+    accuracy = true_positive.sum() / matrix.sum().clamp(min=1)
+    return iou, accuracy
+
+
+def _weights_file(source: str) -> str:
+    # Catalogue names and URLs are resolved to a cached file by the weights module; a path passes through.
+    try:
+        from convnext_pl.models.download import resolve
+    except ImportError:
+        return source
+    return str(resolve(source).path)
+
+
+def _created_in_code() -> bool:
+    """True unless LightningCLI is instantiating this class (it records the net's config instead of the object)."""
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is None
