@@ -6,7 +6,6 @@ evaluation images are fitted to the test scale while their labels keep the origi
 the label's resolution), so the evaluation loaders hold one image per batch, as mmseg's do.
 """
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L

@@ -82,7 +82,7 @@ class SemanticSegmenter(LightningModule):
         inference: InferenceMode = "whole",
         slide_crop: tuple[int, int] = (512, 512),
         slide_stride: tuple[int, int] = (341, 341),
-        test_scales: list[float] = [1.0],
+        test_scales: tuple[float, ...] = (1.0,),
         flip: bool = False,
         pretrained: str | None = None,
         output_dir: str | None = None,
