@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from convnext_pl.data.batch_augment import NormalizeErase
 from convnext_pl.data.images import ImagePathDataset
 from convnext_pl.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
 from convnext_pl.errors import UserError
@@ -52,6 +53,9 @@ class ClassificationDataModule(L.LightningDataModule):
         self.predict_dataset: ImagePathDataset | None = None
         self._train_loader: ResumableDataLoader | None = None
         self._train_loader_state: dict | None = None  # from a checkpoint, for the next train_dataloader()
+        # Set by subclasses whose training loader yields uint8 images: it finishes them on the device.
+        self.batch_augment: NormalizeErase | None = None
+        self._batch_seed: int | None = None  # of the batch between on_before_ and on_after_batch_transfer
 
     @property
     def num_classes(self) -> int:
@@ -105,7 +109,7 @@ class ClassificationDataModule(L.LightningDataModule):
             # Order and augmentations depend only on (seed, epoch, sample) and the loader's position is saved in
             # checkpoints: a run resumed mid-epoch sees the batches an uninterrupted one would (resumable.py).
             loader_class, sampler = ResumableDataLoader, self._train_sampler(dataset)
-            dataset = SeededSamples(dataset)
+            dataset = SeededSamples(dataset, with_seed=self.batch_augment is not None)
         return loader_class(
             dataset,
             batch_size=self.batch_size,
@@ -128,6 +132,26 @@ class ClassificationDataModule(L.LightningDataModule):
             # The --seed_everything value, read as Lightning's own DistributedSampler reads it (0 when unseeded).
             seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
         )
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Fast path: take the sample seeds off a uint8 training batch before it travels to the device."""
+        self._batch_seed = None
+        if self.batch_augment is not None and len(batch) == 3 and batch[0].dtype == torch.uint8:
+            images, targets, seeds = batch
+            # The first sample's seed stands for the batch (-1: a sampler Lightning substituted, unseeded).
+            self._batch_seed = int(seeds[0]) if int(seeds[0]) >= 0 else None
+            return images, targets
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Fast path: normalise and randomly erase a uint8 training batch on its device (``batch_augment.py``).
+
+        Evaluation batches are float already (the evaluation transform is the released weights' own) and pass.
+        """
+        images, *rest = batch
+        if self.batch_augment is None or images.dtype != torch.uint8:
+            return batch
+        return (self.batch_augment(images, self._batch_seed), *rest)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches, resumable mid-epoch; the last incomplete batch is dropped."""

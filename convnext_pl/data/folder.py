@@ -12,8 +12,16 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.datasets import ImageFolder
 
 from convnext_pl.data.base import ClassificationDataModule
+from convnext_pl.data.batch_augment import NormalizeErase
+from convnext_pl.data.fast_augment import read_encoded
 from convnext_pl.data.images import find_unreadable, load_rgb
-from convnext_pl.data.transforms import RECIPE_AUTO_AUGMENT, RECIPE_CROP_PCT, RECIPE_RE_PROB, eval_transform
+from convnext_pl.data.transforms import (
+    RECIPE_AUTO_AUGMENT,
+    RECIPE_CROP_PCT,
+    RECIPE_RE_PROB,
+    eval_transform,
+    fast_train_transform,
+)
 from convnext_pl.data.transforms import train_transform as recipe_train_transform
 from convnext_pl.errors import UserError
 
@@ -61,6 +69,10 @@ class ImageFolderDataModule(ClassificationDataModule):
         mean: per-channel normalisation mean (0..1 scale).
         std: per-channel normalisation std.
         predict_dir: folder of images to classify with ``predict``.
+        fast_pipeline: train with the fast input path: workers decode with ``torchvision.io``, crop and resize on
+            uint8, run RandAugment with row-wise shear/translate, and yield uint8 batches (plus sample seeds) that
+            ``on_after_batch_transfer`` normalises and erases on the device; the same augmentation draws, about
+            half the CPU time per image (``benchmarks/data_throughput.py``). Evaluation is unchanged.
     """
 
     def __init__(
@@ -81,6 +93,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         predict_dir: str | None = None,
+        fast_pipeline: bool = False,
     ):
         super().__init__(
             batch_size=batch_size, num_workers=num_workers, image_size=image_size, predict_dir=predict_dir
@@ -96,13 +109,18 @@ class ImageFolderDataModule(ClassificationDataModule):
         self.train_dir = train_dir
         self.val_dir = val_dir
         self.mean, self.std = tuple(mean), tuple(std)
+        self.fast_pipeline = fast_pipeline
+        if fast_pipeline:
+            self.batch_augment = NormalizeErase(self.mean, self.std, re_prob, re_mode)
 
     @property
     def num_classes(self) -> int:
         return self._num_classes
 
     def train_transform(self) -> T.Compose:
-        """The recipe's training transform at ``image_size``."""
+        """The recipe's training transform at ``image_size`` (its worker half on the fast path)."""
+        if self.fast_pipeline:
+            return fast_train_transform(self.image_size, self.auto_augment, self.interpolation)
         return recipe_train_transform(self.image_size, auto_augment=self.auto_augment, re_prob=self.re_prob,
                                       re_mode=self.re_mode, interpolation=self.interpolation,
                                       mean=self.mean, std=self.std)  # fmt: skip
@@ -132,10 +150,10 @@ class ImageFolderDataModule(ClassificationDataModule):
             )
         return classes
 
-    def _split(self, split_dir: str, transform: T.Compose) -> ImageFolder:
+    def _split(self, split_dir: str, transform: T.Compose, loader=load_rgb) -> ImageFolder:
         """One split as an ImageFolder, empty class folders reported and corrupt files handled."""
         directory = Path(self.root) / split_dir
-        dataset = VisibleImageFolder(str(directory), transform=transform, loader=load_rgb, allow_empty=True)
+        dataset = VisibleImageFolder(str(directory), transform=transform, loader=loader, allow_empty=True)
         counts = np.bincount(dataset.targets, minlength=len(dataset.classes))
         if empty := [name for name, count in zip(dataset.classes, counts, strict=True) if count == 0]:
             raise UserError(
@@ -182,7 +200,9 @@ class ImageFolderDataModule(ClassificationDataModule):
     def _setup_splits(self, stage: str) -> None:
         classes = self._checked_classes(stage)
         if stage == "fit":
-            self.train_dataset = self._split(self.train_dir, self.train_transform())
+            # The fast path's transform decodes, so its loader only reads the bytes.
+            loader = read_encoded if self.fast_pipeline else load_rgb
+            self.train_dataset = self._split(self.train_dir, self.train_transform(), loader)
         self.val_dataset = self.test_dataset = self._split(self.val_dir, self.evaluation_transform())
         self.class_names = self._display_names(classes)
 

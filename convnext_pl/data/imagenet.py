@@ -47,6 +47,7 @@ class ImageNetDataModule(ImageFolderDataModule):
         train_dir: training split folder (folder layout; the devkit layout always extracts to ``train``).
         val_dir: validation split folder (folder layout; the devkit layout always extracts to ``val``).
         predict_dir: folder of images to classify with ``predict``.
+        fast_pipeline: the fast training input path (see :class:`~convnext_pl.data.ImageFolderDataModule`).
     """
 
     def __init__(
@@ -66,12 +67,13 @@ class ImageNetDataModule(ImageFolderDataModule):
         train_dir: str = "train",
         val_dir: str = "val",
         predict_dir: str | None = None,
+        fast_pipeline: bool = False,
     ):
         super().__init__(
             root=root, num_classes=num_classes, batch_size=batch_size, num_workers=num_workers,
             image_size=image_size, auto_augment=auto_augment, re_prob=re_prob, re_mode=re_mode,
             interpolation=interpolation, crop_pct=crop_pct, skip_corrupt=skip_corrupt, train_dir=train_dir,
-            val_dir=val_dir, predict_dir=predict_dir,
+            val_dir=val_dir, predict_dir=predict_dir, fast_pipeline=fast_pipeline,
         )  # fmt: skip
         if layout not in ("auto", "folder", "devkit"):
             raise UserError(

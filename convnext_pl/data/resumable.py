@@ -123,25 +123,29 @@ class SeededSamples(Dataset):
 
     Args:
         dataset: the training data set.
+        with_seed: append the sample's seed to each sample (-1 for a plain key), so that augmentations done on the
+            whole batch later (``batch_augment.py``) can be seeded by it as well.
     """
 
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: Dataset, with_seed: bool = False):
         self.dataset = dataset
+        self.with_seed = with_seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: int | tuple[int, int]):
         if isinstance(key, int):
-            return self.dataset[key]
+            return (*self.dataset[key], -1) if self.with_seed else self.dataset[key]
         index, seed = key
         with seeded_cpu_generators(seed, restore=get_worker_info() is None):
-            return self.dataset[index]
+            sample = self.dataset[index]
+        return (*sample, seed) if self.with_seed else sample
 
     def __getitems__(self, keys: list) -> list:
         # The DataLoader hands over a whole batch of keys when the data set has __getitems__.
         read_batch = getattr(self.dataset, "__getitems__", None)
-        if read_batch is None:
+        if read_batch is None or self.with_seed:
             return [self[key] for key in keys]
         if all(isinstance(key, int) for key in keys):
             return read_batch(keys)

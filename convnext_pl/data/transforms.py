@@ -12,6 +12,8 @@ from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data import auto_augment as timm_auto_augment
 
+from convnext_pl.data.fast_augment import FAST_OPS, DecodeRandomResizedCrop
+
 # Paper Table 5 / official main.py defaults.
 RECIPE_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
 RECIPE_RE_PROB = 0.25
@@ -91,6 +93,50 @@ def train_transform(
         std=tuple(std),
     )
     return _patch_posterize(transform)
+
+
+def _patch_geometric(transform: T.Compose) -> T.Compose:
+    """Route RandAugment's shear/translate ops through the row-wise versions of ``fast_augment`` (same pixels)."""
+    for step in transform.transforms:
+        for op in getattr(step, "ops", []):
+            op.aug_fn = FAST_OPS.get(op.aug_fn, op.aug_fn)
+    return transform
+
+
+def fast_train_transform(
+    image_size: int,
+    auto_augment: str | None = RECIPE_AUTO_AUGMENT,
+    interpolation: str = "bicubic",
+    hflip: float = 0.5,
+    scale: tuple[float, float] = (0.08, 1.0),
+) -> T.Compose:
+    """The worker half of :func:`train_transform` for the fast path: encoded file -> uint8 [3, S, S] tensor.
+
+    The same random draws in the same order (timm's crop parameters, the flip, RandAugment), with decoding by
+    ``torchvision.io`` and the crop resized on the uint8 tensor (:class:`~convnext_pl.data.fast_augment.
+    DecodeRandomResizedCrop`), and RandAugment's shear/translate ops computed row-wise (identical pixels).
+    Normalisation and random erasing follow on the device (:class:`~convnext_pl.data.batch_augment.
+    NormalizeErase`). This is timm's own ``use_prefetcher`` transform with those pieces replaced.
+
+    Args:
+        image_size: output side length.
+        auto_augment: timm RandAugment/AutoAugment string; None disables it.
+        interpolation: ``bicubic`` (the recipe's) or ``bilinear``, for the crop and RandAugment's geometric ops.
+        hflip: horizontal flip probability.
+        scale: area range of the random crop.
+
+    Returns:
+        A transform mapping ``(path, encoded bytes as a uint8 tensor)`` to a uint8 tensor [3, S, S].
+    """
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ValueError(f"the fast pipeline resizes with bicubic or bilinear, got {interpolation!r}")
+    transform = create_transform(
+        image_size, is_training=True, scale=scale, hflip=hflip, auto_augment=auto_augment,
+        interpolation=interpolation, use_prefetcher=True, re_prob=0.0,
+    )  # fmt: skip
+    crop = transform.transforms[0]
+    transform.transforms[0] = DecodeRandomResizedCrop(image_size, crop.scale, crop.ratio, interpolation)
+    return _patch_geometric(_patch_posterize(transform))
 
 
 def small_image_train_transform(
