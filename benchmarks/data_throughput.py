@@ -1,12 +1,18 @@
-"""Images per second of each DataModule's training loader, by DataLoader worker count.
+"""Images per second of each DataModule's training loader, by DataLoader worker count, and the CPU time of each
+stage of the ImageNet training transform on the recipe's path and the fast path, side by side.
 
     python benchmarks/data_throughput.py --workers 0 1 2 --json runs/data_throughput.json
+    python benchmarks/data_throughput.py --stages --only jpeg-folder-224 jpeg-folder-224-fast --workers 0 1 2
 
 CIFAR and the JPEG image folder are written into a temporary folder in their genuine formats first
 (``convnext_pl.data.fake``), so nothing is downloaded. The image folder holds ImageNet-like JPEGs
 (500x375, quality 90) read with the full ImageNet training transform at 224: RandomResizedCrop, flip,
 RandAugment rand-m9-mstd0.5-inc1, normalise, random erasing 0.25. Each measurement iterates the training
 loader: ``--warmup`` batches untimed (worker start-up included there), then ``--batches`` timed batches.
+``jpeg-folder-224-fast`` is the same folder with ``fast_pipeline: true``; its uint8 batches are finished
+(normalise + random erasing) by the data module's batch hooks here on the CPU, inside the timed loop, where a
+training run does it on the GPU. ``--stages`` adds the per-stage table (``data_stages.py``) and the CPU cores per
+GPU a given training speed needs at each path's per-core rate.
 """
 
 import argparse
@@ -18,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import data_stages
 import torch
 import torchvision.datasets.cifar as tv_cifar
 
@@ -30,6 +37,10 @@ from convnext_pl.data import (
 )
 from convnext_pl.data.fake import write_cifar, write_image_folder
 from convnext_pl.data.transforms import RECIPE_AUTO_AUGMENT
+
+# Training speeds to convert into CPU cores per GPU. An estimate, not measured here: ConvNeXt-T at 224 in bf16 on
+# one H100 trains at roughly 3000-4000 images/s (issue 15; benchmarks/gpu_suite.sh measures it where a GPU is).
+GPU_IMAGES_PER_S = (3000, 4000)
 
 IMAGENET_LIKE_SIZE = (500, 375)  # the most common ImageNet photo size (width, height)
 FOLDER_CLASSES = 10
@@ -52,6 +63,14 @@ def _modules(data_dir: Path) -> dict[str, Callable[[int, int], ClassificationDat
         "jpeg-folder-224": lambda bs, nw: ImageFolderDataModule(
             root=str(data_dir / "folder"), num_classes=FOLDER_CLASSES, batch_size=bs, num_workers=nw, **recipe
         ),
+        "jpeg-folder-224-fast": lambda bs, nw: ImageFolderDataModule(
+            root=str(data_dir / "folder"),
+            num_classes=FOLDER_CLASSES,
+            batch_size=bs,
+            num_workers=nw,
+            fast_pipeline=True,
+            **recipe,
+        ),  # fmt: skip
     }
 
 
@@ -74,8 +93,9 @@ def measure(module: ClassificationDataModule, warmup: int, batches: int) -> floa
         next(iterator)
     start, images = time.perf_counter(), 0
     for _ in range(batches):
-        batch, _ = next(iterator)
-        images += len(batch)
+        # The fast path's uint8 batches are finished here, on this CPU (a training run does it on the GPU).
+        batch = module.on_after_batch_transfer(module.on_before_batch_transfer(next(iterator), 0), 0)
+        images += len(batch[0])
     elapsed = time.perf_counter() - start
     del iterator  # shut the workers down before the next measurement
     return images / elapsed
@@ -91,6 +111,15 @@ def print_table(results: list[dict], workers: list[int]) -> None:
         print(f"{name:<18}" + "".join(f"{rates[name, w]:>12.1f}" for w in workers))
 
 
+def print_cores_per_gpu(stages: dict, gpu_rates: list[float]) -> None:
+    """CPU cores one GPU needs to be fed at each rate, at each path's measured per-core worker rate."""
+    per_core = {"recipe path": 1e3 / stages["old_total"], "fast path": 1e3 / stages["new_total"]}
+    print(f"\n{'cores per GPU':<26}" + "".join(f"{f'{rate:.0f} img/s':>14}" for rate in gpu_rates))
+    for name, rate in per_core.items():
+        print(f"{name:<26}" + "".join(f"{gpu / rate:>14.1f}" for gpu in gpu_rates))
+    print("(the training speeds are an estimate for ConvNeXt-T bf16 on one H100, not measured here)")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
@@ -102,6 +131,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads here (DataLoader workers always use 1)"
     )
+    parser.add_argument(
+        "--stages", action="store_true", help="also time each transform stage, old and new path"
+    )
+    parser.add_argument("--stage-images", type=int, default=64, help="images per stage round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating old/new stage rounds")
+    parser.add_argument("--gpu-images-per-s", type=float, nargs="+", default=GPU_IMAGES_PER_S,
+                        help="training speeds to convert into cores per GPU (an estimate unless measured)")  # fmt: skip
     args = parser.parse_args(argv)
     # With 0 workers the transforms run in this process; its default of one thread per core contends with
     # the loader's own work (and other jobs) and makes the 0-worker numbers incomparable with the rest.
@@ -111,10 +147,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     tv_cifar.CIFAR10._check_integrity = lambda self: True
     tv_cifar.check_integrity = lambda fpath, md5=None: True
 
-    results = []
+    results, stages = [], None
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        write_data(data_dir, args.batch_size * (args.warmup + args.batches))
+        write_data(data_dir, max(args.batch_size * (args.warmup + args.batches), args.stage_images))
+        if args.stages:
+            paths = data_stages.stage_paths(data_dir / "folder", args.stage_images)
+            stages = data_stages.measure_stages(paths, 224, args.rounds)
+            stages["pixel_differences"] = data_stages.pixel_differences(paths, 224)
+            data_stages.print_stage_table(stages)
+            print_cores_per_gpu(stages, args.gpu_images_per_s)
+            for name, mad in stages["pixel_differences"].items():
+                print(f"mean abs difference, {name}: {mad:.3f} of 255 ({len(paths)} images)")
+            print("RandAugment shear/translate: Pillow's pixels (tests/test_data_fast.py)\n", flush=True)
         factories = _modules(data_dir)
         for name in args.only or factories:
             for workers in args.workers:
@@ -133,7 +178,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"environment": environment, "results": results}, indent=2) + "\n")
+        report = {"environment": environment, "results": results, "stages": stages}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     return results
 
 

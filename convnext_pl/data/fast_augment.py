@@ -15,7 +15,7 @@ resizes on the uint8 tensor with torchvision's antialiased bicubic kernel, drawi
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
+import torch.nn.functional as F
 from PIL import Image
 from timm.data import auto_augment as timm_auto_augment
 from timm.data.transforms import RandomResizedCropAndInterpolation
@@ -126,8 +126,8 @@ class DecodeRandomResizedCrop:
     ``RandomResizedCropAndInterpolation`` with bicubic does on a PIL image.
 
     The crop is drawn by timm's ``get_params`` (python's ``random``, the same draws as the recipe); decoding is
-    ``torchvision.io.decode_image`` and the resize torchvision's antialiased bicubic on uint8, applied to the crop
-    only.
+    ``torchvision.io.decode_image`` and the resize torch's antialiased bicubic on uint8 (torchvision's kernel),
+    applied to the crop only.
 
     Args:
         size: output side length.
@@ -143,21 +143,29 @@ class DecodeRandomResizedCrop:
         self.ratio = tuple(ratio)
 
     def __call__(self, encoded: tuple[str, torch.Tensor]) -> Image.Image:
+        return self.crop(self.decode(encoded))
+
+    @staticmethod
+    def decode(encoded: tuple[str, torch.Tensor]) -> torch.Tensor:
+        """``(path, bytes)`` -> uint8 [3, H, W] RGB; grey, CMYK and PNG files too."""
         path, data = encoded
         try:
-            image = decode_image(data, mode=ImageReadMode.RGB)  # uint8 [3, H, W]
-        except RuntimeError as err:  # libjpeg/libpng refused the file
+            return decode_image(data, mode=ImageReadMode.RGB)
+        except RuntimeError as err:  # libjpeg/libpng refused the file (truncated, not an image)
             raise CorruptImageError(
                 f"cannot decode image {path} ({err}); replace or delete the file, or set "
                 "data.init_args.skip_corrupt: true to leave unreadable images out"
             ) from err
+
+    def crop(self, image: torch.Tensor) -> Image.Image:
+        """A random crop of a decoded uint8 [3, H, W] image, resized to ``size``, as a PIL image."""
         top, left, height, width = RandomResizedCropAndInterpolation.get_params(image, self.scale, self.ratio)
-        crop = TF.resized_crop(
-            image, top, left, height, width, [self.size, self.size],
-            interpolation=self.interpolation, antialias=True,
-        )  # fmt: skip
-        # (3, H, W) -> (H, W, 3) for PIL; RandAugment's ops are PIL's.
-        return Image.fromarray(crop.permute(1, 2, 0).contiguous().numpy())
+        crop = image[None, :, top : top + height, left : left + width]  # a view: only the crop is resampled
+        # torch's uint8 antialiased kernel (what torchvision's resized_crop calls, without its layout copies).
+        resized = F.interpolate(
+            crop, size=(self.size, self.size), mode=self.interpolation.value, antialias=True
+        )
+        return Image.fromarray(resized[0].permute(1, 2, 0).numpy())  # (3, S, S) -> (S, S, 3): PIL's layout
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, {self.interpolation.value})"
