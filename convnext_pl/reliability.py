@@ -54,15 +54,25 @@ class NonFiniteLossError(UserError):
 
 
 class NonFiniteLossGuard(Callback):
-    """Stops the run, or skips the step, when the training loss is NaN or infinite.
+    """Skips every optimizer step whose loss or gradients are NaN or infinite, and stops the run (or, with
+    "skip", goes on) naming the step, without a host-device synchronisation per step.
 
-    The check runs before the backward pass, so a stopped run never writes non-finite weights. All ranks take
-    the same decision (one all-reduce of a flag per batch), so no rank is left waiting for one that stopped.
+    Each step the check stays on the device: the flag ``loss or any gradient is non-finite`` is handed to the
+    fused AdamW as ``found_inf`` (as the gradient scaler of ``16-mixed`` does), and the kernel leaves the weights,
+    moments and step count untouched when it is set. A non-finite step therefore never changes the weights, and
+    a stopped run never writes non-finite ones. The host reads the counters once every ``log_every_n_steps``
+    optimizer steps (when Lightning logs, and synchronises, anyway) and at every epoch end: a diverged run
+    stops at most ``log_every_n_steps - 1`` optimizer steps after the first bad one, naming that step. The
+    decision uses the gradients, which DDP has averaged over the ranks, so all ranks agree without an extra
+    collective; the one all-reduce (of the counters) is at those checks.
+
+    With an optimizer that takes no ``found_inf`` (not fused) the check falls back to reading the flag every
+    step and discarding the gradients of a bad step (one synchronisation per step, the behaviour before).
+    With ``16-mixed`` the gradient scaler skips such steps itself; the guard only counts and reports them.
 
     Args:
         action: "stop" raises :class:`NonFiniteLossError` naming the step and the likely causes; "skip" drops
-            the update of that optimizer step (its gradients are discarded; with ``16-mixed`` the gradient
-            scaler skips it) and training goes on.
+            the update of that optimizer step and training goes on.
         max_consecutive_skips: with "skip", stop anyway after this many bad steps in a row: the run diverged.
     """
 
@@ -72,48 +82,122 @@ class NonFiniteLossGuard(Callback):
         self.action = action
         self.max_consecutive_skips = max_consecutive_skips
         self.skipped_steps = 0
-        self._consecutive = 0
-        self._skip_next_step = False
-        self._where = ""
+        self._counters: dict[str, torch.Tensor] = {}
+        self._loss_bad: torch.Tensor | None = None
+        self._first_loss: torch.Tensor | None = None  # the loss of the first bad step since the last check
+        self._over_loss: torch.Tensor | None = None  # the loss of the step that made too many in a row
+        self._flagged: list = []
+        self._positions: dict[int, tuple[int, int]] = {}  # global step -> (epoch, batch) since the last check
+        self._last_checked_step = -1
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        device = pl_module.device
+        self._counters = {  # float64: steps and counts stay exact, and one stack reads them all
+            name: torch.full((), value, dtype=torch.float64, device=device)
+            for name, value in (
+                ("step", trainer.global_step),
+                ("bad", 0),
+                ("run", 0),
+                ("first", -1),
+                ("over", -1),
+            )
+        }
+        self._first_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self._over_loss = torch.zeros((), dtype=torch.float64, device=device)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int):
+        self._positions.setdefault(trainer.global_step, (trainer.current_epoch, batch_idx))
 
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
     ) -> None:
-        bad = trainer.strategy.reduce_boolean_decision(
-            not bool(torch.isfinite(loss.detach()).all()), all=False
-        )
-        if not bad:
+        loss = loss.detach()
+        bad = ~torch.isfinite(loss).all()
+        if self._loss_bad is None:  # the first micro-batch of this optimizer step
+            self._loss_bad, self._loss = bad, loss.double()
+        else:  # gradient accumulation: the step is bad when any of its micro-batches is
+            self._loss = torch.where(self._loss_bad, self._loss, loss.double())
+            self._loss_bad = self._loss_bad | bad
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # Lightning's wrapper -> the torch optimizer
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        bad = ~torch.isfinite(
+            torch.nn.utils.get_total_norm(grads, norm_type=float("inf"))
+        )  # max |g|: no overflow
+        if self._loss_bad is not None:
+            bad = bad | self._loss_bad
+        loss = self._loss if self._loss_bad is not None else torch.full_like(self._first_loss, float("nan"))
+        self._loss_bad = None
+        self._count(bad, loss)
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return  # the gradient scaler skips steps with non-finite gradients by itself
+        if all(group.get("fused") for group in optimizer.param_groups):
+            optimizer.found_inf = bad.float()  # read by the fused kernel: 1 skips the update on the device
+            self._flagged.append(optimizer)
+        elif bool(bad):  # an optimizer without found_inf: decide on the host (a synchronisation per step)
+            # Optimizers leave a parameter without a gradient untouched: no update, no momentum, no decay.
+            optimizer.zero_grad(set_to_none=True)
+
+    def _count(self, bad: torch.Tensor, loss: torch.Tensor) -> None:
+        c, bad64 = self._counters, bad.double()
+        c["bad"] += bad64
+        c["run"].copy_((c["run"] + 1) * bad64)  # consecutive bad steps
+        first = bad & (c["first"] < 0)
+        c["first"].copy_(torch.where(first, c["step"], c["first"]))
+        self._first_loss.copy_(torch.where(first, loss, self._first_loss))
+        over = (c["run"] > self.max_consecutive_skips) & (c["over"] < 0)
+        c["over"].copy_(torch.where(over, c["step"], c["over"]))
+        self._over_loss.copy_(torch.where(over, loss, self._over_loss))
+        c["step"] += 1
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx
+    ):
+        for optimizer in self._flagged:
+            del optimizer.found_inf
+        self._flagged.clear()
+        step = trainer.global_step
+        if step % max(trainer.log_every_n_steps, 1) == 0 and step != self._last_checked_step:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        """Read the counters (the one synchronisation), report what happened since the last check, reset."""
+        self._last_checked_step = trainer.global_step
+        if not self._counters:
             return
-        where = (
-            f"train/loss is {loss.item()} at step {trainer.global_step} "
-            f"(epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx})"
-        )
+        c = self._counters
+        values = torch.stack([c["bad"], c["first"], self._first_loss, c["over"], self._over_loss])
+        bad, first, first_loss, over, over_loss = trainer.strategy.reduce(values, reduce_op="max").tolist()
+        positions, self._positions = self._positions, {}
+        c["bad"].zero_()
+        c["first"].fill_(-1)
+        new_bad = int(bad)
+        if not new_bad:
+            return
+        self.skipped_steps += new_bad
+        where = self._where(int(first), first_loss, positions)
         if self.action == "stop":
             raise NonFiniteLossError(
                 f"{where}: training diverged; lower model.lr (mind lr_reference_batch and the warm-up), "
                 "train in precision 32-true or bf16-mixed rather than 16-mixed, or set "
                 "--nonfinite_loss.action skip to skip such steps"
             )
-        self._skip_next_step = True
-        self._where = where
-
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
-        if not self._skip_next_step:
-            self._consecutive = 0
-            return
-        self._skip_next_step = False
-        self.skipped_steps += 1
-        self._consecutive += 1
-        if self._consecutive > self.max_consecutive_skips:
+        if over >= 0:
             raise NonFiniteLossError(
-                f"{self._where}, {self._consecutive} non-finite losses in a row: training diverged; lower "
-                "model.lr or use precision 32-true or bf16-mixed"
+                f"{self._where(int(over), over_loss, positions)}, {self.max_consecutive_skips + 1} non-finite "
+                "losses in a row: training diverged; lower model.lr or use precision 32-true or bf16-mixed"
             )
-        if getattr(trainer.precision_plugin, "scaler", None) is None:
-            # Optimizers leave a parameter without a gradient untouched: no update, no momentum, no decay.
-            # (The gradient scaler of 16-mixed skips steps with non-finite gradients by itself.)
-            optimizer.zero_grad(set_to_none=True)
-        rank_zero_warn(f"{self._where}: skipped this optimizer step ({self.skipped_steps} skipped so far)")
+        more = f" and {new_bad - 1} more before step {trainer.global_step}" if new_bad > 1 else ""
+        rank_zero_warn(f"{where}: skipped this optimizer step{more} ({self.skipped_steps} skipped so far)")
+
+    @staticmethod
+    def _where(step: int, loss: float, positions: dict[int, tuple[int, int]]) -> str:
+        epoch, batch = positions.get(step, ("?", "?"))
+        return f"train/loss is {loss} at step {step} (epoch {epoch}, batch {batch})"
 
     def state_dict(self) -> dict[str, int]:
         return {"skipped_steps": self.skipped_steps}

@@ -1,0 +1,103 @@
+"""The default training path makes no device-to-host conversion per step: the trainer ``main.py fit`` builds (its
+callbacks, the module's logging, the NaN guard) reads nothing back between log intervals, and the NaN guard keeps
+its promise (a non-finite step changes no weight; the stop names the step, at most one log interval later)."""
+
+import collections
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import DIGITS, QUIET
+from helpers.callbacks import PoisonBatches
+
+import convnext_pl
+from convnext_pl.cli import cli_main
+
+PACKAGE = str(Path(convnext_pl.__file__).parent)
+# What copies a tensor's value to the host (and, on an accelerator, waits for the queued work to finish).
+CONVERSIONS = ("item", "__bool__", "__float__", "__int__", "cpu", "tolist", "numpy")
+LIBRARIES_CALLED_BY_THE_PROJECT = ("/torch/", "/torchmetrics/")
+
+
+class CountConversions(pl.Callback):
+    """Counts the conversions the project's code makes during training batches after the first.
+
+    A conversion is the project's when the first frame above it outside torch and torchmetrics (which the
+    project calls) is in ``convnext_pl``; those made by Lightning's own loop are Lightning's.
+    """
+
+    def __init__(self):
+        self.per_step: collections.Counter = collections.Counter()
+        self.where: collections.Counter = collections.Counter()
+        self._step: int | None = None
+
+    def patch(self, monkeypatch) -> None:
+        for name in CONVERSIONS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, _name=name, **kwargs):
+                if self._step is not None:
+                    self._record(_name)
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def _record(self, name: str) -> None:
+        frame = sys._getframe(2)
+        while frame is not None and any(
+            lib in frame.f_code.co_filename for lib in LIBRARIES_CALLED_BY_THE_PROJECT
+        ):
+            frame = frame.f_back
+        if frame is not None and frame.f_code.co_filename.startswith(PACKAGE):
+            self.per_step[self._step] += 1
+            self.where[f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {name}"] += 1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._step = (
+            trainer.global_step if trainer.global_step >= 1 else None
+        )  # the first step sets things up
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._step = None
+
+
+def _main_py_fit_trainer(tmp_path: Path, *extra: str):
+    """The model, data and trainer ``python main.py fit`` builds from the digits demo (progress bar off)."""
+    args = [
+        "--config",
+        DIGITS,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        *QUIET,
+        "--trainer.limit_val_batches",
+        "1",
+    ]
+    args += ["--data.init_args.batch_size", "16", *extra]
+    return cli_main(args, run=False)
+
+
+def test_the_default_training_step_converts_no_tensor_to_a_host_value(tmp_path, monkeypatch):
+    cli = _main_py_fit_trainer(tmp_path, "--trainer.max_steps", "6", "--trainer.log_every_n_steps", "100")
+    counter = CountConversions()
+    counter.patch(monkeypatch)
+    cli.trainer.callbacks.append(counter)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert cli.trainer.global_step == 6
+    assert sum(counter.per_step.values()) == 0, dict(counter.where)
+
+
+def test_a_nan_step_changes_no_weight_and_the_stop_comes_within_one_log_interval(tmp_path):
+    cli = _main_py_fit_trainer(tmp_path, "--trainer.max_steps", "20", "--trainer.log_every_n_steps", "5")
+    poison = PoisonBatches(steps=[6])
+    cli.trainer.callbacks.append(poison)
+    with pytest.raises(
+        convnext_pl.reliability.NonFiniteLossError, match=r"train/loss is nan at step 6 \(epoch 0"
+    ):
+        cli.trainer.fit(cli.model, cli.datamodule)
+    # Step 6 was skipped on the device; the host saw it at the next log interval (step 10) and stopped there.
+    sums = poison.weight_sums
+    assert sums[7] == sums[6] and sums[6] != sums[5] and sums[8] != sums[7]
+    assert cli.trainer.global_step == 10
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
