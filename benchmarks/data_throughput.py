@@ -74,9 +74,11 @@ def _modules(data_dir: Path) -> dict[str, Callable[[int, int], ClassificationDat
     }
 
 
-def write_data(data_dir: Path, images_needed: int) -> None:
-    """Write CIFAR-10 pickles and an ImageNet-like JPEG folder with at least ``images_needed`` training images."""
-    write_cifar(data_dir, "cifar10", n_train=max(images_needed, 1000), n_test=100)
+def write_data(data_dir: Path, images_needed: int, cifar: bool = True) -> None:
+    """Write CIFAR-10 pickles (unless ``cifar`` is False) and an ImageNet-like JPEG folder with at least
+    ``images_needed`` training images."""
+    if cifar:
+        write_cifar(data_dir, "cifar10", n_train=max(images_needed, 1000), n_test=100)
     per_class = -(-images_needed // FOLDER_CLASSES)  # ceil division
     write_image_folder(
         data_dir / "folder", FOLDER_CLASSES, per_class, size=IMAGENET_LIKE_SIZE, splits=("train",)
@@ -150,7 +152,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results, stages = [], None
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        write_data(data_dir, max(args.batch_size * (args.warmup + args.batches), args.stage_images))
+        names = args.only or list(_modules(data_dir))
+        needed = max(args.batch_size * (args.warmup + args.batches), args.stage_images)
+        write_data(data_dir, needed, cifar=any(name.startswith("cifar") for name in names))
         if args.stages:
             paths = data_stages.stage_paths(data_dir / "folder", args.stage_images)
             stages = data_stages.measure_stages(paths, 224, args.rounds)
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(f"mean abs difference, {name}: {mad:.3f} of 255 ({len(paths)} images)")
             print("RandAugment shear/translate: Pillow's pixels (tests/test_data_fast.py)\n", flush=True)
         factories = _modules(data_dir)
-        for name in args.only or factories:
+        for name in names:
             for workers in args.workers:
                 rate = measure(factories[name](args.batch_size, workers), args.warmup, args.batches)
                 results.append({"data": name, "workers": workers, "images_per_s": round(rate, 1)})

@@ -1,0 +1,193 @@
+"""One prepared measurement for a machine with one GPU (about 6 minutes), printed as one table.
+
+    make gpu-suite                       # or: python benchmarks/gpu_suite.py --json runs/gpu_suite.json
+    python benchmarks/gpu_suite.py --dry-run   # every step on tiny sizes, on the CPU (tests/test_gpu_suite.py)
+
+Steps, each a subprocess with its own time limit, run as a person would run them:
+
+1. the ``gpu``-marked tests (``pytest -m gpu``);
+2. ConvNeXt-T at 224, batch 128, bf16-mixed + channels_last: training images/s and peak memory of the Lightning
+   path (the trainer ``main.py`` builds), a bare PyTorch loop and timm's model (``train_throughput.py``), eager
+   and then compiled;
+3. the ImageNet input pipeline on this machine's CPUs, the recipe path and the fast path, with 0, half and all of
+   the cores as DataLoader workers (``data_throughput.py``), and its per-stage table;
+4. the table: everything above, plus the CPU cores per GPU the measured training speed needs at each path's
+   measured per-core rate.
+
+``--dry-run`` runs the same steps with convnext_atto at 32 px, one step, tiny loaders, on the CPU, and with
+``TORCHDYNAMO_DISABLE=1`` for the compiled row (inductor needs minutes on a CPU): it checks the wiring and the table,
+and its numbers mean nothing.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+FULL = {
+    "model": "convnext_tiny",
+    "image_size": 224,
+    "batch_size": 128,
+    "steps": 20,
+    "warmup": 5,
+    "repeats": 3,
+}
+DRY = {"model": "convnext_atto", "image_size": 32, "batch_size": 8, "steps": 1, "warmup": 1, "repeats": 1}
+
+
+def _run(name: str, command: list[str], timeout: float, env: dict | None = None) -> dict:
+    """Run one step; its exit status, seconds and the end of its output."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})  # fmt: skip
+        status, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as err:
+        status, output = "timeout", f"{err.stdout or ''}{err.stderr or ''}"
+    seconds = time.perf_counter() - start
+    print(f"[{name}] exit {status} in {seconds:.0f} s", flush=True)
+    if status != 0:
+        print(output[-3000:], flush=True)
+    return {"status": status, "seconds": seconds, "output": output}
+
+
+def gpu_tests(dry_run: bool) -> dict:
+    # Only the files that mark a test gpu: importing every test module takes longer than the GPU tests.
+    files = sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in p.read_text()
+    )
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files]
+    # The dry run only collects them (without CUDA they skip).
+    step = _run("gpu tests", [*command, "--collect-only"] if dry_run else command, timeout=240)
+    last = [line for line in step["output"].splitlines() if line.strip()][-1:] or [""]
+    return {**step, "summary": last[0].strip("= ")}
+
+
+def train_throughput(sizes: dict, compiled: bool, dry_run: bool, out: Path) -> dict:
+    command = [
+        sys.executable, str(BENCHMARKS / "train_throughput.py"), "--device", "cpu" if dry_run else "cuda",
+        "--model", sizes["model"], "--image-size", str(sizes["image_size"]),
+        "--batch-size", str(sizes["batch_size"]), "--steps", str(sizes["steps"]), "--warmup", str(sizes["warmup"]),
+        "--repeats", str(sizes["repeats"]), "--precision", "32-true" if dry_run else "bf16-mixed",
+        "--channels-last", "--json", str(out),
+    ]  # fmt: skip
+    if dry_run:
+        command += ["--num-classes", "10", "--threads", "1"]
+    if compiled:
+        command.append("--compile")
+    env = {"TORCHDYNAMO_DISABLE": "1"} if dry_run and compiled else None
+    step = _run(
+        f"train {'compiled' if compiled else 'eager'}", command, timeout=90 if dry_run else 330, env=env
+    )
+    return {**step, "result": json.loads(out.read_text()) if out.is_file() else None}
+
+
+def data_throughput(dry_run: bool, out: Path) -> dict:
+    cores = os.cpu_count() or 1
+    workers = [0, 1] if dry_run else sorted({0, max(1, cores // 2), cores})
+    command = [
+        sys.executable, str(BENCHMARKS / "data_throughput.py"), "--only", "jpeg-folder-224", "jpeg-folder-224-fast",
+        "--workers", *map(str, workers), "--stages", "--json", str(out),
+    ]  # fmt: skip
+    if dry_run:
+        command += [
+            "--batch-size",
+            "4",
+            "--warmup",
+            "1",
+            "--batches",
+            "1",
+            "--stage-images",
+            "4",
+            "--rounds",
+            "1",
+        ]
+    else:
+        command += [
+            "--batch-size",
+            "64",
+            "--warmup",
+            "2",
+            "--batches",
+            "6",
+            "--stage-images",
+            "64",
+            "--rounds",
+            "3",
+        ]
+    step = _run("input pipeline", command, timeout=60 if dry_run else 180)
+    return {**step, "result": json.loads(out.read_text()) if out.is_file() else None, "workers": workers}
+
+
+def table(tests: dict, training: dict[str, dict], data: dict) -> list[str]:
+    """The suite's one table, as lines."""
+    rows = [f"{'measurement':<44}{'value':>24}", "-" * 68]
+    rows.append(f"{'gpu-marked tests':<44}{tests['summary'][:24]:>24}")
+    best = None
+    for mode, step in training.items():
+        result = step["result"] or {}
+        for path in ("lightning", "bare", "timm"):
+            rate = result.get(f"{path}_img_s")
+            text = f"{rate:.1f}" if rate is not None else f"failed ({step['status']})"
+            rows.append(f"{f'train img/s, {path}, {mode}':<44}{text:>24}")
+            if path == "lightning" and rate is not None:
+                best = max(best or 0.0, rate)
+        memory = result.get("peak_memory_mib")
+        rows.append(f"{f'peak memory MiB, {mode}':<44}{json.dumps(memory)[:24]:>24}")
+    report = data["result"] or {}
+    for item in report.get("results", []):
+        label = f"{item['data']}, {item['workers']} workers, img/s"
+        rows.append(f"{label:<44}{item['images_per_s']:>24.1f}")
+    stages = report.get("stages")
+    if stages:
+        for name, total in (("recipe path", stages["old_total"]), ("fast path", stages["new_total"])):
+            rows.append(f"{f'input {name}, img/s per core':<44}{1e3 / total:>24.1f}")
+            if best:
+                rows.append(f"{f'cores per GPU at {best:.0f} img/s, {name}':<44}{best * total / 1e3:>24.1f}")
+        rows.append(f"{'input fast / recipe, per core':<44}{stages['ratio']:>23.2f}x")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--dry-run", action="store_true", help="tiny sizes on the CPU: check the steps and table"
+    )
+    parser.add_argument("--json", type=Path, help="also write every step's results to this JSON file")
+    args = parser.parse_args(argv)
+    if not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run on a machine with a GPU, or pass --dry-run")
+    sizes = DRY if args.dry_run else FULL
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tests = gpu_tests(args.dry_run)
+        training = {
+            mode: train_throughput(sizes, mode == "compiled", args.dry_run, Path(tmp) / f"train_{mode}.json")
+            for mode in ("eager", "compiled")
+        }
+        data = data_throughput(args.dry_run, Path(tmp) / "data.json")
+    lines = table(tests, training, data)
+    setting = "DRY RUN (CPU, tiny sizes; numbers mean nothing)" if args.dry_run else "GPU"
+    print(f"\ngpu suite, {setting}: {sizes['model']} {sizes['image_size']}px batch {sizes['batch_size']}, "
+          f"{time.perf_counter() - start:.0f} s\n" + "\n".join(lines))  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        steps = {"tests": tests, "training": training, "data": data}
+        for step in [tests, data, *training.values()]:
+            step.pop("output", None)
+        args.json.write_text(json.dumps({"sizes": sizes, "steps": steps, "table": lines}, indent=2) + "\n")
+    failed = [s for s in [tests, data, *training.values()] if s["status"] != 0]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
