@@ -26,11 +26,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import (
     ConvNeXtBackbone,
     create_backbone,
@@ -42,6 +45,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # mmdet img_norm_cfg mean (123.675, 116.2
 IMAGENET_STD = (0.229, 0.224, 0.225)  # mmdet img_norm_cfg std (58.395, 57.12, 57.375) / 255
 FPN_CHANNELS = 256
 COCO_CLASSES = 80
+MMDET_HEADS = ("neck.", "rpn_head.", "roi_head.")  # keys only an mmdet detector checkpoint has
 BODY_PREFIX = "backbone.body."  # where the ConvNeXt sits in torchvision's naming (mmdet: "backbone.")
 
 
@@ -89,12 +93,20 @@ def create_mask_rcnn(
     masks: bool = True,
     drop_path_rate: float = 0.0,
     pretrained: str | Path | None = None,
+    checkpoint: str | Path | None = None,
     min_size: int = 800,
     max_size: int = 1333,
+    fpn_channels: int = FPN_CHANNELS,
+    representation_size: int = 1024,
     rpn_post_nms_top_n_train: int = 1000,
+    rpn_post_nms_top_n_test: int = 1000,
+    box_batch_size_per_image: int = 512,
+    box_detections_per_img: int = 100,
     **backbone_options,
 ) -> GeneralizedRCNN:
     """Mask R-CNN (or Faster R-CNN with ``masks=False``) with a ConvNeXt backbone (see the module docstring).
+
+    The defaults are the official detector's; the sizes after ``max_size`` exist to shrink it for CPU runs.
 
     Args:
         backbone: any hierarchical model of :func:`convnext_pl.models.list_models` (``convnext_tiny``,
@@ -103,29 +115,80 @@ def create_mask_rcnn(
             (torchvision's background class 0). From the CLI it follows the data's categories.
         masks: Mask R-CNN when True, Faster R-CNN (no mask branch) when False.
         drop_path_rate: the backbone's stochastic depth (official Mask R-CNN T: 0.4).
-        pretrained: ImageNet weights for the backbone (a checkpoint the backbone's loader accepts); the FPN and
-            heads start from torchvision's initialisation.
+        pretrained: ImageNet weights for the backbone by catalogue name, URL or path (``create_backbone``); the
+            FPN and heads start from torchvision's initialisation.
+        checkpoint: weights of the whole detector, loaded last (see :func:`load_detection_checkpoint`): the
+            released COCO file by catalogue name (``mask_rcnn_convnext_tiny.coco_3x``), URL or path.
         min_size: shorter side images are resized to in evaluation (official 800).
         max_size: longest side in evaluation (official 1333).
+        fpn_channels: FPN, RPN and mask-head channels (official 256).
+        representation_size: width of the two shared FC layers of the box head (official 1024).
         rpn_post_nms_top_n_train: proposals kept per training image (mmdet 2.x ``rpn_proposal.max_per_img`` 1000).
+        rpn_post_nms_top_n_test: proposals kept per test image (mmdet ``rpn.max_per_img`` 1000).
+        box_batch_size_per_image: RoIs sampled per training image for the box head (mmdet sampler 512).
+        box_detections_per_img: detections kept per image (mmdet ``max_per_img`` 100).
         **backbone_options: passed to :func:`convnext_pl.models.backbone.create_backbone`
             (``layer_scale_init_value``, ``patch_size``, ...).
     """
     num_classes = COCO_CLASSES if num_classes is None else num_classes
     body = create_backbone(backbone, drop_path_rate=drop_path_rate, pretrained=pretrained, **backbone_options)
-    detector_class = MaskRCNN if masks else FasterRCNN
-    model = detector_class(
-        ConvNeXtFPN(body),
-        num_classes=num_classes + 1,  # torchvision counts the background as class 0
+    heads = dict(
+        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation_size),  # 7x7 RoIAlign, two shared FCs
+        box_predictor=FastRCNNPredictor(representation_size, num_classes + 1),
+    )
+    if masks:  # four 3x3 convs, a 2x2 deconv, per-class 28x28 logits (mmdet FCNMaskHead)
+        heads["mask_head"] = MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, dilation=1)
+        heads["mask_predictor"] = MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1)
+    model = (MaskRCNN if masks else FasterRCNN)(
+        ConvNeXtFPN(body, fpn_channels),
+        num_classes=None,  # given by the predictors; torchvision counts the background as class 0
         min_size=min_size,
         max_size=max_size,
         image_mean=list(IMAGENET_MEAN),
         image_std=list(IMAGENET_STD),
         rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        box_batch_size_per_image=box_batch_size_per_image,
+        box_detections_per_img=box_detections_per_img,
+        **heads,
     )
     model.transform = DetectionTransform(min_size, max_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
     model.num_classes = num_classes
-    model.has_masks = masks
+    if checkpoint is not None:
+        load_detection_checkpoint(model, checkpoint)
+    return model
+
+
+def load_detection_checkpoint(model: GeneralizedRCNN, source: str | Path) -> GeneralizedRCNN:
+    """Load a whole detector's weights into ``model``: an mmdet 2.x checkpoint (the released
+    ``mask_rcnn_convnext_*`` COCO files, ``{"state_dict": ..., "meta": ...}``, converted with
+    :func:`convnext_pl.models.conversions.mmdet_mask_rcnn_to_torchvision`), a torchvision-layout state dict, or a
+    Lightning checkpoint of ``MaskRCNNDetector``. Every key must fit in name and shape.
+
+    Args:
+        model: the detector the file was trained as (backbone variant, class count, masks or not).
+        source: a path, a catalogue name or a URL (downloaded once into torch.hub's cache).
+
+    Raises:
+        UserError: the file is missing or unreadable, or does not fit (naming the first key that does not).
+    """
+    from convnext_pl.models.conversions import mmdet_mask_rcnn_to_torchvision
+    from convnext_pl.models.download import resolve
+    from convnext_pl.models.pretrained import _first_mismatch as first_mismatch
+    from convnext_pl.models.pretrained import _read_state_dict as read_state_dict
+    from convnext_pl.models.pretrained import to_official_names
+
+    path = resolve(source).path
+    state = to_official_names(read_state_dict(path))  # drops a Lightning checkpoint's `net.` prefix
+    if any(key.startswith(MMDET_HEADS) for key in state):
+        state = mmdet_mask_rcnn_to_torchvision(state)
+    problem = first_mismatch(state, model.state_dict(), lambda key: True)
+    if problem:
+        raise UserError(
+            f"Detection checkpoint '{path}' does not fit this detector: {problem}; build the backbone variant, "
+            "class count and mask branch (masks: true/false) the checkpoint was saved with."
+        )
+    model.load_state_dict(state, strict=True)
     return model
 
 
