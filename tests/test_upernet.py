@@ -71,3 +71,12 @@ def test_wrong_shape_is_one_sentence_naming_the_key(tmp_path):
     with pytest.raises(UserError, match=r"'decode_head\.conv_seg\.weight' has shape \(7, 32, 1, 1\)") as info:
         load_segmentation_checkpoint(target, path)
     assert "\n" not in str(info.value)
+
+
+def test_seg_summary_command_reports_the_published_tiny_row(capsys):
+    from convnext_pl.models.seg_summary import main
+
+    assert main(["--backbone", "convnext_tiny"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[:3] == ["convnext_tiny", "2048x512", "60,242,636"]
+    assert abs(float(row[3]) - 939) < 1  # published 939 GFLOPs (mm-toolbox multiply-adds); ours 938.5

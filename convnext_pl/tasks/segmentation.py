@@ -61,7 +61,6 @@ class SemanticSegmenter(LightningModule):
         flip: also segment the mirrored image and average (official "ms+flip").
         pretrained: a whole segmentation checkpoint (a released ADE20K file in mmseg layout, or this project's),
             loaded before any stage; the backbone's ImageNet weights are the net's ``pretrained_backbone``.
-        output_dir: where ``predict`` writes the colour PNG masks (default: ``<run folder>/masks``).
     """
 
     def __init__(
@@ -85,7 +84,6 @@ class SemanticSegmenter(LightningModule):
         test_scales: tuple[float, ...] = (1.0,),
         flip: bool = False,
         pretrained: str | None = None,
-        output_dir: str | None = None,
     ):
         super().__init__()
         if decay_type not in DECAY_TYPES:
@@ -174,7 +172,7 @@ class SemanticSegmenter(LightningModule):
     def predict_step(self, batch, batch_idx: int) -> list[str]:
         images, paths, sizes = batch
         probs = self(images)
-        folder = Path(self.hparams.output_dir or Path(self.trainer.log_dir or ".") / "masks")
+        folder = self._masks_folder()
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         for prob, path, size in zip(probs, paths, sizes, strict=True):
@@ -187,8 +185,11 @@ class SemanticSegmenter(LightningModule):
         return written
 
     def on_predict_epoch_end(self) -> None:
-        folder = self.hparams.output_dir or Path(self.trainer.log_dir or ".") / "masks"
-        rank_zero_info(f"Wrote colour masks (class index per pixel, PNG palette) to {folder}")
+        rank_zero_info(f"Wrote colour masks (class index per pixel, PNG palette) to {self._masks_folder()}")
+
+    def _masks_folder(self) -> Path:
+        # The run's own folder: a new version_N each time, so no earlier output is ever overwritten.
+        return Path(self.trainer.log_dir or ".") / "masks"
 
     # -------------------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self):

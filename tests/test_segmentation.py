@@ -1,0 +1,115 @@
+"""The segmentation task through the command line (fit, validate, predict, resume, DDP) and its pieces."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import CPU, EXPERIMENTS, QUIET, run_main
+from lightning import Callback
+from PIL import Image
+
+from convnext_pl.cli import cli_main
+from convnext_pl.tasks.segmentation import iou_from_confusion
+
+CONFIG = str(EXPERIMENTS / "segmentation_synthetic.yaml")
+# A handful of small scenes and two steps: every stage of a run, in seconds.
+TINY = [
+    "--data.init_args.train_images=4",
+    "--data.init_args.val_images=2",
+    "--data.init_args.image_size=48",
+    "--data.init_args.batch_size=2",
+    "--data.init_args.scale=[64,48]",
+    "--data.init_args.crop_size=[32,32]",
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.check_val_every_n_epoch=1",
+    "--trainer.num_sanity_val_steps=0",
+]
+
+
+def _args(root: Path) -> list[str]:
+    return [
+        "--config", CONFIG, *TINY, *QUIET,
+        f"--data.init_args.root={root / 'scenes' / 'ADEChallengeData2016'}",
+        f"--trainer.default_root_dir={root / 'runs'}",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    # layer decay on: the logged lr of each parameter group shows the official stage-wise scales
+    run_main(["fit", *_args(root), *CPU, "--model.init_args.layer_decay=0.9", "--model.init_args.warmup_steps=0"])
+    (run,) = (root / "runs" / "segmentation_synthetic").iterdir()
+    return root, run
+
+
+def test_fit_writes_checkpoints_and_logs_miou(fitted):
+    _, run = fitted
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    miou = [float(r["val/mIoU"]) for r in rows if r.get("val/mIoU")]
+    assert len(miou) == 1 and 0.0 <= miou[0] <= 100.0
+    assert any(r.get("val/IoU/sky") for r in rows) and any(r.get("train/loss_aux") for r in rows)
+    # stage_wise, num_layers 6: heads (id 7) at the peak lr, downsampling layers (id 0) at 0.9 ** 7 of it
+    first = next(r for r in rows if r.get("lr-AdamW/pg1"))
+    lrs = sorted({float(v) for k, v in first.items() if k.startswith("lr-AdamW") and v})
+    assert lrs[-1] == pytest.approx(2e-3) and lrs[0] == pytest.approx(2e-3 * 0.9**7)
+
+
+def test_validate_and_predict_from_the_checkpoint(fitted):
+    root, run = fitted
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    cli = cli_main(["validate", *_args(root), *CPU, f"--ckpt_path={ckpt}"])
+    assert 0.0 <= float(cli.trainer.callback_metrics["val/mIoU"]) <= 100.0
+    images = root / "scenes" / "ADEChallengeData2016" / "images" / "validation"
+    cli = cli_main(["predict", *_args(root), *CPU, f"--ckpt_path={ckpt}", f"--data.init_args.predict_dir={images}"])
+    out = Path(cli.trainer.log_dir) / "masks"
+    for image_path in sorted(images.iterdir()):
+        mask = Image.open(out / f"{image_path.stem}.png")
+        assert mask.mode == "P" and mask.size == Image.open(image_path).size  # colour-coded, image size
+        assert set(np.unique(np.array(mask))) <= set(range(5))
+
+
+def test_resume_from_last_checkpoint_continues_the_step_count(fitted):
+    root, run = fitted
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    cli = cli_main(["fit", *_args(root), *CPU, "--trainer.max_epochs=2", f"--ckpt_path={ckpt}"])
+    assert cli.trainer.global_step == 4  # two steps restored, two more run
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 2
+
+
+def test_iou_from_confusion_matches_mmseg_rule():
+    matrix = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0]])  # class 2 absent everywhere
+    iou, accuracy = iou_from_confusion(matrix)
+    torch.testing.assert_close(iou[:2], torch.tensor([3 / 4, 2 / 3]))
+    assert torch.isnan(iou[2]) and accuracy == pytest.approx(5 / 6)
+
+
+class SyncBatchNormReport(Callback):
+    """Writes, per rank, how many SyncBatchNorm layers the trained network holds (DDP test; by class path)."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        count = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{trainer.global_rank}.txt").write_text(f"{count} {trainer.world_size}")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_with_sync_batchnorm(tmp_path):
+    report = tmp_path / "report"
+    run_main(
+        ["fit", *_args(tmp_path), "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+         "--trainer.sync_batchnorm=true", "--trainer.precision=32-true",
+         "--trainer.callbacks+=test_segmentation.SyncBatchNormReport",
+         f"--trainer.callbacks.init_args.folder={report}"],
+        timeout=400,
+    )  # fmt: skip
+    counts = [(report / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert counts[0] == counts[1] and int(counts[0][0]) > 0 and counts[0][1] == "2"
