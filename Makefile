@@ -22,11 +22,17 @@ install: $(STAMP) ## Create .venv and install the package editable with dev extr
 demo: install ## Train ConvNeXt on the offline digits data set and print the validation metrics.
 	$(PY) main.py fit --config configs/experiment/digits.yaml
 
-test: install ## Run the whole CPU suite (GPU tests skip themselves without CUDA).
-	$(PY) -m pytest $(PYTEST_ARGS)
+# pytest-xdist workers (one per core of the 2-core reference machine); TEST_JOBS=0 runs in one process.
+# --dist loadgroup keeps each module marked xdist_group (one that trains a shared run in a module or session
+# fixture) on one worker, so that run is trained once; other tests go to whichever worker is free.
+TEST_JOBS ?= 2
+XDIST = $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadgroup)
+
+test: install ## Run the whole CPU suite on TEST_JOBS workers (GPU tests skip themselves without CUDA).
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install ## Run the suite without the slow (multi-process, notebook) tests.
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 lint: install ## Ruff lint and format check.
 	$(PY) -m ruff check convnext_pl tests benchmarks main.py

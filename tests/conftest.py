@@ -8,6 +8,11 @@ import torch
 # Tests must never reach a hub; timm and torchvision would otherwise try to download weights.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), ".torch-home-unused"))
+# Under pytest-xdist (`make test`) there are as many workers as cores: one intra-op thread each (children and
+# notebook kernels inherit OMP_NUM_THREADS), or the workers' OpenMP threads spin-wait on each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

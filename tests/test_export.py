@@ -18,6 +18,9 @@ from convnext_pl.models import create_model
 from convnext_pl.models.pretrained import load_pretrained
 from convnext_pl.module import ImageClassifier
 
+# One worker of `make test` trains the digits run below once for the whole module (xdist_group).
+pytestmark = pytest.mark.xdist_group("export_digits_run")
+
 
 @pytest.fixture(scope="session")
 def digits_ckpt(tmp_path_factory) -> Path:

@@ -46,6 +46,11 @@ CPU_TWO_PROCESSES = [
 ]  # fmt: skip
 
 
+# One worker of `make test` runs the module's DDP and FSDP2 fits once each (xdist_group); their two processes
+# take both cores anyway.
+pytestmark = pytest.mark.xdist_group("two_process_runs")
+
+
 class RankReport(Callback):
     """Writes what each rank saw at the end of validation to ``<folder>/rank<global_rank>.json``.
 
