@@ -1,0 +1,116 @@
+"""Inference images/s on the CPU: eager PyTorch, TorchScript, ONNX Runtime and (opt-in) torch.compile.
+
+    python benchmarks/cpu_inference.py --threads 1 --json runs/cpu_inference.json
+    python benchmarks/cpu_inference.py --cases convnext_atto:32 --compile   # compiling takes minutes on a CPU
+
+Each case is a randomly initialised network in eval mode (weights do not change the speed), exported with the
+project's own ``convnext_pl.export`` functions, fed the same batch. Every runtime is timed ``--batches`` times
+after ``--warmup`` untimed calls, the runtimes interleaved for ``--rounds`` rounds; images/s is the median round.
+The outputs are checked against eager's (max abs difference printed).
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convnext_pl.export import export_onnx, export_torchscript
+from convnext_pl.models import create_model
+
+DEFAULT_CASES = ("convnext_atto:32", "convnext_tiny:224")
+
+
+def runtimes(net: torch.nn.Module, example: torch.Tensor, folder: Path, compile: bool) -> dict[str, Callable]:
+    """Runtime name -> a function of a batch returning numpy logits."""
+    import onnxruntime as ort
+
+    export_torchscript(net, folder / "net.pt", example)
+    export_onnx(net, folder / "net.onnx", example)
+    scripted = torch.jit.load(str(folder / "net.pt"))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(folder / "net.onnx"), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    found = {
+        "eager": lambda x: net(x).numpy(),
+        "torchscript": lambda x: scripted(x).numpy(),
+        "onnxruntime": lambda x: session.run(None, {input_name: x.numpy()})[0],
+    }
+    if compile:
+        compiled = torch.compile(net)
+        found["compile"] = lambda x: compiled(x).numpy()
+    return found
+
+
+def _time(funcs: dict[str, Callable], example: torch.Tensor, warmup: int, batches: int, rounds: int):
+    reference = funcs["eager"](example)
+    errors = {k: float(np.abs(f(example) - reference).max()) for k, f in funcs.items()}
+    start = time.perf_counter()
+    for fn in funcs.values():
+        for _ in range(warmup):
+            fn(example)
+    warmup_s = time.perf_counter() - start
+    rates: dict[str, list[float]] = {}
+    for _ in range(rounds):  # interleaved, so a busy spell on a shared machine hits every runtime
+        for runtime, fn in funcs.items():
+            start = time.perf_counter()
+            for _ in range(batches):
+                fn(example)
+            rates.setdefault(runtime, []).append(batches * len(example) / (time.perf_counter() - start))
+    return rates, errors, warmup_s
+
+
+def measure(case: str, batch_size: int, warmup: int, batches: int, rounds: int, compile: bool) -> dict:
+    name, size = case.split(":")
+    net = create_model(name, num_classes=1000).eval()
+    example = torch.randn(batch_size, 3, int(size), int(size))
+    with tempfile.TemporaryDirectory() as tmp:
+        funcs = runtimes(net, example, Path(tmp), compile)  # exporting traces: outside inference mode
+        with torch.inference_mode():
+            rates, errors, warmup_s = _time(funcs, example, warmup, batches, rounds)
+    images_per_s = {k: statistics.median(v) for k, v in rates.items()}
+    return {
+        "case": case,
+        "batch_size": batch_size,
+        "images_per_s": images_per_s,
+        "over_eager": {k: v / images_per_s["eager"] for k, v in images_per_s.items()},
+        "max_abs_difference": errors,
+        "warmup_s": warmup_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), help="model:image_size")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime intra-op threads")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile (minutes of compiling)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = []
+    for case in args.cases:
+        result = measure(case, args.batch_size, args.warmup, args.batches, args.rounds, args.compile)
+        results.append(result)
+        cells = ", ".join(
+            f"{k} {v:.1f} img/s ({result['over_eager'][k]:.2f}x, max diff {result['max_abs_difference'][k]:.1e})"
+            for k, v in result["images_per_s"].items()
+        )
+        print(f"{case} batch {args.batch_size}, {args.threads} thread(s): {cells}", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"threads": args.threads, "results": results}, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
