@@ -49,8 +49,10 @@ class ImageClassifier(LightningModule):
         cutmix_alpha: CutMix alpha (paper: 1.0; 0 disables).
         mixup_prob: probability of mixing a batch (paper: 1.0, every batch).
         mixup_switch_prob: probability of CutMix instead of Mixup when both are on (paper: 0.5).
-        pretrained: weights file to start from (official, timm or a Lightning checkpoint of this project); loaded
-            when fitting starts, the head re-initialised when its class count differs.
+        pretrained: weights to start from or to evaluate: a released name (``convnext_tiny.in22k_ft_in1k``;
+            ``python -m convnext_pl.models.pretrained list``), a URL, ``hf-hub:<repo>`` or a file (official, timm
+            or a Lightning checkpoint of this project). Loaded in every stage unless ``--ckpt_path`` is given;
+            ``fit`` re-initialises a head of another class count, evaluation refuses one.
         channels_last: convert the network and every batch to channels_last (faster convolutions on GPUs).
         compile: compile the network in place (``nn.Module.compile``), so checkpoint keys stay unchanged.
         grad_checkpointing: recompute block activations in the backward pass to save memory.
@@ -113,12 +115,72 @@ class ImageClassifier(LightningModule):
                 f"The data has {data_classes} classes but the model's head has {self.num_classes} outputs; "
                 f"remove num_classes from the model config (it follows the data) or set it to {data_classes}."
             )
-        if stage == "fit" and self.hparams.pretrained:
-            # Imported here: pretrained.py is only needed when fine-tuning.
-            from convnext_pl.models.pretrained import load_pretrained
+        self._load_pretrained(stage)
 
-            load_pretrained(self.net, self.hparams.pretrained, replace_head=True)
-            rank_zero_info(f"Loaded pretrained weights from {self.hparams.pretrained}")
+    def _load_pretrained(self, stage: str) -> None:
+        """Load ``pretrained`` once, in any stage, unless ``--ckpt_path`` restores the weights anyway.
+
+        Fitting replaces a head of another class count; validate/test/predict evaluate the file as it is, so there
+        a head that does not fit the data (a 22K head on 1K data) is refused. ``hparams.pretrained`` set means
+        the network holds trained weights (the check that refuses evaluating random weights reads it).
+        """
+        if not self.hparams.pretrained or getattr(self, "_pretrained_loaded", False):
+            return
+        if self._trainer is not None and self.trainer.ckpt_path:
+            return  # the checkpoint's weights replace these right after setup: do not download them for nothing
+        # Imported here: pretrained.py (and the catalogue) is only needed when starting from released weights.
+        from convnext_pl.models.catalogue import CATALOGUE
+        from convnext_pl.models.pretrained import load_pretrained
+
+        load_pretrained(self.net, self.hparams.pretrained, replace_head=stage == "fit")
+        self._pretrained_loaded = True
+        self.pretrained_entry = CATALOGUE.get(str(self.hparams.pretrained))
+        rank_zero_info(f"Loaded pretrained weights from {self.hparams.pretrained}")
+        if stage != "fit" and self.pretrained_entry is not None:
+            self._use_the_entrys_eval_transform(stage)
+
+    def _use_the_entrys_eval_transform(self, stage: str) -> None:
+        """Evaluate released weights at their own resolution and crop (docs/paper.md §4: crop 0.875 below 384,
+        squash at 384 and above), as their reported figure was measured.
+
+        Lightning sets the DataModule up before the LightningModule, so a DataModule with ``image_size`` and
+        ``crop_pct`` whose values differ is given the entry's and set up again (its transforms are built there).
+        To evaluate at another resolution, pass the file's path or URL instead of its name.
+        """
+        entry, datamodule = self.pretrained_entry, getattr(self.trainer, "datamodule", None)
+        wanted = {"image_size": entry.image_size, "crop_pct": entry.crop_pct}
+        if datamodule is None or not all(hasattr(datamodule, key) for key in wanted):
+            return
+        if any(getattr(datamodule, key) != value for key, value in wanted.items()):
+            for key, value in wanted.items():
+                setattr(datamodule, key, value)
+            datamodule.setup(stage)
+        mode = "squash, no crop" if entry.crop_mode == "squash" else f"center crop {entry.crop_pct}"
+        rank_zero_info(
+            f"Evaluating {entry.name} with its own transform: {entry.image_size}x{entry.image_size}, {mode}"
+        )
+
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == "validate":
+            self._report_released_figures("val")
+
+    def on_test_end(self) -> None:
+        self._report_released_figures("test")
+
+    def _report_released_figures(self, prefix: str) -> None:
+        """Print the measured top-1/top-5 of released weights beside the figure their source reports."""
+        entry = getattr(self, "pretrained_entry", None)
+        metrics = self.trainer.callback_metrics
+        if entry is None or f"{prefix}/acc1" not in metrics:
+            return
+        reported = entry.reported.get("top1")
+        source = (
+            f"{reported:.1f} ({entry.reported_at}; {entry.source})" if reported is not None else "no figure"
+        )
+        rank_zero_info(
+            f"{entry.name}: measured top-1 {100 * float(metrics[f'{prefix}/acc1']):.2f}, top-5 "
+            f"{100 * float(metrics[f'{prefix}/acc5']):.2f}; the source reports top-1 {source}"
+        )
 
     def configure_model(self) -> None:
         if self.hparams.channels_last:
@@ -132,6 +194,7 @@ class ImageClassifier(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Called before the weights are loaded. load_state_dict would list every mismatch at once; a checkpoint
         # of another model or class count (a --ckpt_path of another run, a changed config) gets one sentence.
+        self._pretrained_loaded = True  # the checkpoint's weights, not `pretrained`, are the ones to keep
         state = checkpoint.get("state_dict")  # absent in distributed checkpoints, which load themselves
         problem = first_state_mismatch(state, self.state_dict()) if state and self.strict_loading else ""
         if problem:

@@ -281,8 +281,10 @@ def test_22k_head_on_1k_model_is_refused_in_one_sentence_before_download():
 def test_unknown_name_and_missing_path_are_one_sentence(caches):
     with pytest.raises(UserError, match="not a released weights name.*convnext_tiny.in1k"):
         load_pretrained(_atto(), "convnext_tiny.in2k")
-    with pytest.raises(UserError, match="neither a file nor a released weights name"):
+    with pytest.raises(UserError, match="'weights/missing.pth' does not exist"):
         load_pretrained(_atto(), "weights/missing.pth")
+    with pytest.raises(UserError, match="neither a file nor a released weights name"):
+        load_pretrained(_atto(), "convnext-tiny")
 
 
 def test_download_command_fills_the_cache_and_list_prints_the_table(server, caches, monkeypatch, capsys):

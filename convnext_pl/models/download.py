@@ -84,6 +84,8 @@ def resolve(source: str | Path, check: Callable[[Path], object] | None = None) -
         return Resolved(download_hf(text.removeprefix(HF_PREFIX), check=check))
     if re.fullmatch(r"\w+\.\w+", text) and Path(text).suffix not in _FILE_SUFFIXES:
         get_weights(text)  # reads as a catalogue name (model.tag): the unknown-name sentence suggests names
+    if "/" in text or os.sep in text or Path(text).suffix in _FILE_SUFFIXES:
+        raise UserError(f"Checkpoint file '{text}' does not exist; check the path.")
     raise UserError(
         f"pretrained weights '{text}' are neither a file nor a released weights name, URL or hf-hub:<repo>; "
         "check the path, or see the names with: python -m convnext_pl.models.pretrained list"
