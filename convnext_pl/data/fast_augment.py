@@ -1,124 +1,22 @@
-"""Faster pieces of the ImageNet training transform, each drawing the same random numbers as the piece it replaces.
+"""Decoding and cropping of the fast training path, drawing the same random numbers as the recipe's crop.
 
-Measured per image on one core (``benchmarks/data_throughput.py``, 500x375 JPEGs at 224), the recipe's CPU time
-goes to JPEG decoding, the bicubic crop-resize and RandAugment, and within RandAugment almost all of it to the
-four shear/translate ops: Pillow's bicubic affine transform evaluates a 4x4 cubic per pixel through a generic
-per-pixel callback in double precision (about 3 ms for a 224x224 RGB image, 25x its colour ops). A shear or
-translation along one axis leaves the other coordinate on the pixel grid, so Pillow's 2-D filter reduces to a 1-D
-cubic per row (or column) with one fractional offset per row: :func:`shear_x` and friends compute exactly that, in
-the same double-precision arithmetic and truncation, and give Pillow's pixels (tests compare them bit for bit).
-
-:class:`DecodeRandomResizedCrop` decodes with ``torchvision.io.decode_image`` (libjpeg-turbo) and crops and
-resizes on the uint8 tensor with torchvision's antialiased bicubic kernel, drawing the crop with timm's own
-``get_params``; both pieces change pixels slightly, measured in the benchmark's closing table.
+Measured per image on one core (``benchmarks/data_throughput.py --stages``, 500x375 JPEGs at 224), the recipe's
+CPU time goes to JPEG decoding, the bicubic crop-resize on a PIL image and RandAugment.
+:class:`DecodeRandomResizedCrop` decodes with ``torchvision.io.decode_image`` (the same libjpeg-turbo IDCT as
+Pillow: identical pixels, with less Python around it) and resizes only the crop, on the uint8 tensor, with torch's
+antialiased bicubic kernel (mean abs difference to Pillow's 0.03 of 255). RandAugment stays Pillow's: an exact
+row-wise shear/translate (one 1-D cubic per row) was tried and was no faster in the pipeline on this machine.
 """
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timm.data import auto_augment as timm_auto_augment
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import InterpolationMode
 
 from convnext_pl.data.images import CorruptImageError
-
-
-def _cubic_along_rows(image: np.ndarray, offsets: np.ndarray, fill: tuple[int, ...]) -> torch.Tensor:
-    """Pillow's bicubic affine resampling when each output row ``y`` samples input row ``y`` at ``x + offsets[y]``.
-
-    Args:
-        image: uint8 [H, W, C] (any strides).
-        offsets: float64 [H], the shift of each row (``b * (y + 0.5) + c`` for the matrix ``(1, b, c, 0, 1, 0)``).
-        fill: colour of pixels whose source lies outside the image.
-
-    Returns:
-        uint8 [H, W, C].
-    """
-    height, width, channels = image.shape
-    # Pillow's affine_transform: source x = 1 * (x + 0.5) + b * (y + 0.5) + c, in double precision; a pixel whose
-    # source falls outside [0, W) keeps the fill colour. Its filter takes the taps floor(x_src - 0.5) - 1 .. + 2
-    # with the fraction as the cubic's offset; along a row that fraction is the same for every pixel.
-    source = np.arange(width)[None, :] + 0.5 + offsets[:, None]  # (H, W)
-    inside = torch.from_numpy((source >= 0.0) & (source < width))[:, :, None]
-    start = np.floor(offsets).astype(np.int64)  # x0 = x + start
-    # The a = -1 cubic of Pillow's BICUBIC macro (Geometry.c), as weights of taps x0-1, x0+1, x0+2 (x0's weight is
-    # 1 minus their sum), per row.
-    d = offsets - start
-    weights = torch.from_numpy(np.stack([-d + 2 * d**2 - d**3, d + d**2 - d**3, d**3 - d**2])).to(
-        torch.float32
-    )
-    # Each row's taps x0-1 .. x0+2 for x = 0 .. W-1, sliced from an edge-replicated copy (Pillow clamps taps to
-    # the image; replicated edges are the clamped values). A slice per row is cheaper than a gather here.
-    pad_left, pad_right = max(0, 1 - int(start.min())), max(0, int(start.max()) + 2)
-    padded = np.pad(image, ((0, 0), (pad_left, pad_right), (0, 0)), mode="edge")
-    windows = np.empty((height, width + 3, channels), dtype=np.uint8)
-    for y, first in enumerate(start - 1 + pad_left):
-        windows[y] = padded[y, first : first + width + 3]
-    taps = torch.from_numpy(windows).to(torch.float32)  # (H, W + 3, C)
-    v1, v2, v3, v4 = (taps[:, k : k + width] for k in range(4))
-    # v2 + sum of w_k (v_k - v2) is exactly v2 where the taps are equal (flat areas, fills), as Pillow's Horner
-    # form is; elsewhere float32 rounding moves a value by ~1e-5 levels, which changes the truncated result only
-    # when it falls that close to an integer (measured: about 6 pixels in a million, by one level).
-    values = v2.clone()
-    for tap, weight in zip((v1, v3, v4), weights, strict=True):
-        values.addcmul_(tap - v2, weight[:, None, None])
-    # Pillow's bicubic_filter32RGB: clamp to [0, 255], then truncate.
-    values = values.clamp_(0.0, 255.0).to(torch.uint8)
-    return torch.where(inside, values, torch.tensor(fill, dtype=torch.uint8)).numpy()
-
-
-def _fast_case(img: Image.Image, kwargs: dict) -> tuple | None:
-    """The fill colour when the op can take the row-wise path (RGB, bicubic), else None."""
-    timm_auto_augment._check_args_tf(kwargs)  # resolves ``resample`` exactly as timm does (same random draws)
-    if img.mode != "RGB" or kwargs["resample"] != Image.Resampling.BICUBIC:
-        return None
-    fill = kwargs.get("fillcolor") or (0, 0, 0)
-    return tuple(fill) if isinstance(fill, (tuple, list)) else (fill,) * 3
-
-
-def _affine_1d(img: Image.Image, axis: int, shear: float, shift: float, kwargs: dict) -> Image.Image:
-    fill = _fast_case(img, kwargs)
-    if fill is None:  # another filter or mode: Pillow itself
-        matrix = (1, shear, shift, 0, 1, 0) if axis == 0 else (1, 0, 0, shear, 1, shift)
-        return img.transform(img.size, Image.AFFINE, matrix, **kwargs)
-    array = np.asarray(img)  # (H, W, 3)
-    if axis == 1:  # a y-shear is an x-shear of the transposed image
-        array = array.transpose(1, 0, 2)
-    rows = np.arange(array.shape[0]) + 0.5
-    out = _cubic_along_rows(array, shear * rows + shift, fill)
-    if axis == 1:
-        out = out.transpose(1, 0, 2)
-    return Image.fromarray(np.ascontiguousarray(out))
-
-
-def shear_x(img: Image.Image, factor: float, **kwargs) -> Image.Image:
-    """timm's ``shear_x`` (matrix ``(1, factor, 0, 0, 1, 0)``), computed row by row."""
-    return _affine_1d(img, 0, factor, 0.0, kwargs)
-
-
-def shear_y(img: Image.Image, factor: float, **kwargs) -> Image.Image:
-    """timm's ``shear_y`` (matrix ``(1, 0, 0, factor, 1, 0)``), computed column by column."""
-    return _affine_1d(img, 1, factor, 0.0, kwargs)
-
-
-def translate_x_rel(img: Image.Image, pct: float, **kwargs) -> Image.Image:
-    """timm's ``translate_x_rel``: a shift by ``pct`` of the width."""
-    return _affine_1d(img, 0, 0.0, pct * img.size[0], kwargs)
-
-
-def translate_y_rel(img: Image.Image, pct: float, **kwargs) -> Image.Image:
-    """timm's ``translate_y_rel``: a shift by ``pct`` of the height."""
-    return _affine_1d(img, 1, 0.0, pct * img.size[1], kwargs)
-
-
-FAST_OPS = {
-    timm_auto_augment.shear_x: shear_x,
-    timm_auto_augment.shear_y: shear_y,
-    timm_auto_augment.translate_x_rel: translate_x_rel,
-    timm_auto_augment.translate_y_rel: translate_y_rel,
-}
 
 
 class DecodeRandomResizedCrop:

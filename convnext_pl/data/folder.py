@@ -70,9 +70,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         std: per-channel normalisation std.
         predict_dir: folder of images to classify with ``predict``.
         fast_pipeline: train with the fast input path: workers decode with ``torchvision.io``, crop and resize on
-            uint8, run RandAugment with row-wise shear/translate, and yield uint8 batches (plus sample seeds) that
-            ``on_after_batch_transfer`` normalises and erases on the device; the same augmentation draws, about
-            half the CPU time per image (``benchmarks/data_throughput.py``). Evaluation is unchanged.
+            uint8, and yield uint8 batches (plus sample seeds) that ``on_after_batch_transfer`` normalises and
+            erases on the device; the same augmentation draws, about 1.5x the images per CPU core
+            (``benchmarks/data_throughput.py --stages``). Evaluation is unchanged.
     """
 
     def __init__(

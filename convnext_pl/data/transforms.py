@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data import auto_augment as timm_auto_augment
 
-from convnext_pl.data.fast_augment import FAST_OPS, DecodeRandomResizedCrop
+from convnext_pl.data.fast_augment import DecodeRandomResizedCrop
 
 # Paper Table 5 / official main.py defaults.
 RECIPE_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
@@ -95,14 +95,6 @@ def train_transform(
     return _patch_posterize(transform)
 
 
-def _patch_geometric(transform: T.Compose) -> T.Compose:
-    """Route RandAugment's shear/translate ops through the row-wise versions of ``fast_augment`` (same pixels)."""
-    for step in transform.transforms:
-        for op in getattr(step, "ops", []):
-            op.aug_fn = FAST_OPS.get(op.aug_fn, op.aug_fn)
-    return transform
-
-
 def fast_train_transform(
     image_size: int,
     auto_augment: str | None = RECIPE_AUTO_AUGMENT,
@@ -114,7 +106,7 @@ def fast_train_transform(
 
     The same random draws in the same order (timm's crop parameters, the flip, RandAugment), with decoding by
     ``torchvision.io`` and the crop resized on the uint8 tensor (:class:`~convnext_pl.data.fast_augment.
-    DecodeRandomResizedCrop`), and RandAugment's shear/translate ops computed row-wise (identical pixels).
+    DecodeRandomResizedCrop`).
     Normalisation and random erasing follow on the device (:class:`~convnext_pl.data.batch_augment.
     NormalizeErase`). This is timm's own ``use_prefetcher`` transform with those pieces replaced.
 
@@ -136,7 +128,7 @@ def fast_train_transform(
     )  # fmt: skip
     crop = transform.transforms[0]
     transform.transforms[0] = DecodeRandomResizedCrop(image_size, crop.scale, crop.ratio, interpolation)
-    return _patch_geometric(_patch_posterize(transform))
+    return _patch_posterize(transform)
 
 
 def small_image_train_transform(
