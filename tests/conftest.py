@@ -1,9 +1,13 @@
 """Shared test fixtures: CPU only, no network, deterministic seeds, GPU tests skipped without CUDA."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import DIGITS
+
+from convnext_pl.cli import cli_main
 
 # Tests must never reach a hub; timm and torchvision would otherwise try to download weights.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +32,27 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def digits_ckpt(tmp_path_factory) -> Path:
+    """last.ckpt of a three-step digits run with EMA (decay 0.5, so EMA and raw weights clearly differ) and a
+    checkpoint every step: every piece of state the project adds to a checkpoint, trained once per session.
+
+    Tests that use it carry ``pytest.mark.xdist_group("digits_run")``, so `make test` trains it on one worker.
+    """
+    root = tmp_path_factory.mktemp("digits_run")
+    cli = cli_main(
+        ["fit", f"--config={DIGITS}", f"--trainer.default_root_dir={root}", "--trainer.max_epochs=1"]
+        + [
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+        ]
+        + ["--trainer.callbacks+=convnext_pl.callbacks.EMA", "--trainer.callbacks.decay=0.5"]
+        + ["--checkpoint.every_n_train_steps=1"]
+    )
+    return Path(cli.trainer.checkpoint_callback.last_model_path)
 
 
 @pytest.fixture(scope="module")

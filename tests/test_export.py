@@ -12,34 +12,13 @@ from PIL import Image
 from safetensors import safe_open
 from sklearn.datasets import load_digits
 
-from convnext_pl.cli import cli_main
 from convnext_pl.export import export, load_network, main, recorded_image_size
 from convnext_pl.models import create_model
 from convnext_pl.models.pretrained import load_pretrained
 from convnext_pl.module import ImageClassifier
 
-# One worker of `make test` trains the digits run below once for the whole module (xdist_group).
-pytestmark = pytest.mark.xdist_group("export_digits_run")
-
-
-@pytest.fixture(scope="session")
-def digits_ckpt(tmp_path_factory) -> Path:
-    """A checkpoint from a three-step digits run with EMA (decay 0.5, so EMA and raw weights clearly differ)."""
-    root = tmp_path_factory.mktemp("export_run")
-    cli = cli_main(
-        [
-            "fit",
-            f"--config={DIGITS}",
-            f"--trainer.default_root_dir={root}",
-            "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=3",
-            "--trainer.limit_val_batches=1",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.callbacks+=convnext_pl.callbacks.EMA",
-            "--trainer.callbacks.decay=0.5",
-        ]
-    )
-    return Path(cli.trainer.checkpoint_callback.last_model_path)
+# One worker of `make test` trains the shared digits run (conftest.digits_ckpt) once for the module (xdist_group).
+pytestmark = pytest.mark.xdist_group("digits_run")
 
 
 @pytest.fixture(scope="session")

@@ -71,11 +71,10 @@ def test_a_malicious_pretrained_file_is_refused_through_the_cli_and_never_runs(t
     assert not marker.exists()
 
 
-def test_the_projects_own_checkpoints_load_with_weights_only(tmp_path):
+@pytest.mark.xdist_group("digits_run")
+def test_the_projects_own_checkpoints_load_with_weights_only(digits_ckpt):
     # Every piece of state this project adds: EMA, step checkpoints, loss guard, seeding, the data loader position.
-    cli = cli_main(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *SHORT, *QUIET,
-                    "--trainer.callbacks+=convnext_pl.callbacks.EMA", "--checkpoint.every_n_train_steps", "1"])  # fmt: skip
-    checkpoint = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=True)
+    checkpoint = torch.load(digits_ckpt, weights_only=True)
     assert {
         "state_dict",
         "current_model_state",
