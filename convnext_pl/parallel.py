@@ -2,18 +2,80 @@
 
 ``ImageClassifier.configure_model`` calls :func:`fully_shard_network` when the strategy provides a device mesh
 (``configs/trainer/fsdp2.yaml``). Lightning leaves the parallelisation plan to the module for this strategy;
-there is no library plan for ConvNeXt, so the few lines that choose the FSDP units live here.
+there is no library plan for ConvNeXt, so the few lines that choose the FSDP units live here, with
+:class:`FSDP2Strategy`, whose mesh follows ``--trainer.devices`` and ``--trainer.num_nodes``.
 """
 
 from typing import Literal
 
 import torch.nn as nn
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from convnext_pl.errors import UserError
 
 ShardUnit = Literal["block", "stage"]
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """``ModelParallelStrategy`` sharding data-parallel over every process, whatever the device count.
+
+    Lightning's defaults (``"auto"``) make ``data_parallel_size`` the node count and ``tensor_parallel_size``
+    the devices per node, and explicit sizes must be edited with every change of ``--trainer.devices``; a
+    mismatch shows as a traceback per rank once the processes run. Here ``data_parallel_size`` ``"auto"`` is
+    devices x nodes / ``tensor_parallel_size`` (default 1: ConvNeXt has no tensor-parallel plan), and sizes
+    that do not multiply to devices x nodes are a :class:`UserError` when the ``Trainer`` is built, in the
+    launching process, before any other starts.
+
+    Args:
+        data_parallel_size: processes each parameter is sharded over; "auto": all of them (divided by the
+            tensor-parallel size).
+        tensor_parallel_size: processes of a tensor-parallel group (1: pure FSDP).
+        **kwargs: the other arguments of ``ModelParallelStrategy`` (``save_distributed_checkpoint`` ...).
+    """
+
+    def __init__(
+        self,
+        data_parallel_size: Literal["auto"] | int = "auto",
+        tensor_parallel_size: int = 1,
+        **kwargs,
+    ):
+        super().__init__(
+            data_parallel_size=data_parallel_size, tensor_parallel_size=tensor_parallel_size, **kwargs
+        )
+
+    def _configure_launcher(self) -> None:
+        # The Trainer calls this once it has set the devices and the node count, before launching processes.
+        self._data_parallel_size, self._tensor_parallel_size = mesh_sizes(
+            self._data_parallel_size, self._tensor_parallel_size, self.num_processes * self.num_nodes
+        )
+        super()._configure_launcher()
+
+
+def mesh_sizes(
+    data_parallel: Literal["auto"] | int, tensor_parallel: int, world_size: int
+) -> tuple[int, int]:
+    """``(data_parallel, tensor_parallel)`` for ``world_size`` processes; "auto" data-parallel takes the rest.
+
+    Raises:
+        UserError: for sizes that do not multiply to ``world_size``.
+    """
+    where = "trainer.strategy.init_args"
+    if data_parallel == "auto":
+        if tensor_parallel < 1 or world_size % tensor_parallel:
+            raise UserError(
+                f"{where}.tensor_parallel_size {tensor_parallel} does not divide devices x num_nodes "
+                f"({world_size}); set it to a divisor, or to 1 for pure data-parallel sharding"
+            )
+        data_parallel = world_size // tensor_parallel
+    if data_parallel * tensor_parallel != world_size:
+        raise UserError(
+            f"{where}.data_parallel_size {data_parallel} x tensor_parallel_size {tensor_parallel} is "
+            f"{data_parallel * tensor_parallel}, but devices x num_nodes is {world_size}; remove "
+            "data_parallel_size (it follows the devices) or change --trainer.devices / --trainer.num_nodes"
+        )
+    return data_parallel, tensor_parallel
 
 
 def shard_units(net: nn.Module, unit: ShardUnit) -> list[nn.Module]:
