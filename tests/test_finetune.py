@@ -49,20 +49,13 @@ def _assert_body_loaded_and_head_new(recorder, file_state, num_classes: int) -> 
 
 def test_digits_fine_tuning_loads_the_body_replaces_the_head_and_decays_lr_per_layer(official_atto, tmp_path):
     path, file_state = official_atto
+    model = [f"--model.pretrained={path}", f"--model.layer_decay={LAYER_DECAY}"]
+    # The released weights have the 4x4 stem; at 32x32 stage 4 is then 1x1.
+    model += ["--model.net.init_args.patch_size=4", "--model.net.init_args.head_init_scale=0.001"]
+    trainer = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1"]
     cli, recorder = _fit(
-        [
-            f"--config={DIGITS}",
-            f"--model.pretrained={path}",
-            f"--model.layer_decay={LAYER_DECAY}",
-            # The released weights have the 4x4 stem; at 32x32 stage 4 is then 1x1.
-            "--model.net.init_args.patch_size=4",
-            "--model.net.init_args.head_init_scale=0.001",
-            "--data.init_args.image_size=32",
-            "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=3",
-            "--trainer.limit_val_batches=1",
-            f"--trainer.default_root_dir={tmp_path}",
-        ]
+        [f"--config={DIGITS}", *model, "--data.init_args.image_size=32", *trainer]
+        + [f"--trainer.default_root_dir={tmp_path}"]
     )
     assert cli.trainer.global_step == 3
     _assert_body_loaded_and_head_new(recorder, file_state, num_classes=10)
