@@ -51,7 +51,7 @@ def fast_stages(image_size: int) -> list[Stage]:
         ("random resized crop", _each(crop.crop)),
         ("flip", _each(flip)),
         ("RandAugment", _each(rand_augment)),
-        ("to tensor + normalise", _each(to_tensor)),  # to uint8 only; normalising is on the device
+        ("to tensor + normalise", _each(to_tensor)),  # to a uint8 tensor only; normalising is on the device
         ("random erasing", lambda items: items),  # on the device
     ]
 

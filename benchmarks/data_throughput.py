@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print_cores_per_gpu(stages, args.gpu_images_per_s)
             for name, mad in stages["pixel_differences"].items():
                 print(f"mean abs difference, {name}: {mad:.3f} of 255 ({len(paths)} images)")
-            print("RandAugment shear/translate: Pillow's pixels (tests/test_data_fast.py)\n", flush=True)
+            print(flush=True)
         factories = _modules(data_dir)
         for name in names:
             for workers in args.workers:
