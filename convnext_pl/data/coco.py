@@ -167,7 +167,7 @@ class COCOInstances(Dataset):
         iscrowd = torch.tensor(target.get("iscrowd", []), dtype=torch.int64).reshape(count)
         # Crowds are not trained on (mmdet: gt_bboxes_ignore, which Mask R-CNN does not use).
         keep = iscrowd == 0 if self.train else torch.ones(count, dtype=torch.bool)
-        boxes = target.get("boxes", torch.zeros(0, 4))
+        boxes = target.get("boxes", torch.zeros(0, 4)).float()  # integer boxes in a JSON load as int64
         masks = target.get("masks", torch.zeros(0, *size, dtype=torch.uint8))
         labels = [self.label_of[int(c)] for c in target.get("labels", [])]
         return {

@@ -93,9 +93,14 @@ def _draw_image(rng: random.Random, width: int, height: int, max_objects: int):
             else:
                 polygon = [(x0 + side / 2, y0), (x0 + side, y0 + side), (x0, y0 + side)]
             draw.polygon(polygon, fill=color)
-            mask_draw.polygon(polygon, fill=1)
             segmentation = [[float(c) for point in polygon for c in point]]
         mask = np.array(mask_image, dtype=np.uint8)
+        if (
+            segmentation is not None
+        ):  # the polygon's mask as pycocotools rasterises it, so area and bbox agree
+            from pycocotools import mask as mask_utils
+
+            mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width)))
         # A later shape covers an earlier one: the earlier masks lose the covered pixels, as in real photos, and
         # an occluded polygon no longer describes its mask, so that object is stored as RLE.
         for earlier in objects:
