@@ -14,6 +14,11 @@ Every pair is tested both ways on random weights (``tests/test_conversions.py``)
   as built by ``models/mask_rcnn.py``: ``neck.*`` is torchvision's ``backbone.fpn``, ``rpn_head`` its ``rpn.head``,
   ``roi_head.bbox_head``/``mask_head`` its ``roi_heads.box_*``/``mask_*``; the background class moves from last
   (mmdet) to first (torchvision) (docs/paper.md §6, docs/detection.md).
+- ConvNeXt V2 FCMAE pre-training files (``convnextv2/pt_only/*_fcmae.pt``) <-> the official dense V2 layout: the
+  encoder is sparse (MinkowskiEngine), its kernels stored as (kernel volume, in, out) / (kernel volume, C), its
+  norms and linears wrapped (``.ln.``, ``.linear.``), GRN and conv biases as (1, C). The mapping is the one of
+  the official ``utils.remap_checkpoint_keys`` of facebookresearch/ConvNeXt-V2 (decoder, ``proj``, ``pred`` and
+  ``mask_token`` dropped, as its ``main_finetune.py`` does); tested both ways here, not against MinkowskiEngine.
 """
 
 import re
@@ -166,3 +171,64 @@ def torchvision_mask_rcnn_to_mmdet(state_dict: StateDict) -> dict[str, torch.Ten
                 value = value[width:]
         out[_rename(key, inverse)] = value
     return out
+
+
+# ------------------------------------------------------------- ConvNeXt V2 FCMAE (sparse) <-> official dense V2
+FCMAE_PREFIX = "encoder."
+_FCMAE_DROPPED = ("decoder", "mask_token", "proj", "pred")  # the FCMAE decoder: not part of the encoder
+_FCMAE_WRAPPERS = re.compile(r"\.(ln|linear)\.")  # MinkowskiLayerNorm(.ln) and MinkowskiLinear(.linear)
+
+
+def is_fcmae(state_dict: StateDict) -> bool:
+    """True for an FCMAE pre-training state dict (sparse encoder kernels under ``encoder.``)."""
+    return any(k.startswith(FCMAE_PREFIX) and k.endswith(".kernel") for k in state_dict)
+
+
+def fcmae_to_convnextv2(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """An FCMAE checkpoint's encoder in the dense official ConvNeXt V2 names and shapes (no norm, no head)."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.split(".")[0] in _FCMAE_DROPPED:
+            continue
+        key = _FCMAE_WRAPPERS.sub(".", key.removeprefix(FCMAE_PREFIX))
+        if key.endswith(".kernel"):
+            key = key.removesuffix(".kernel") + ".weight"
+            side = round(value.shape[0] ** 0.5)  # kernel volume = side * side
+            if value.ndim == 3:  # convolution (side * side, in, out) -> (out, in, side, side)
+                value = value.permute(2, 1, 0).reshape(value.shape[2], value.shape[1], side, side).transpose(3, 2)
+            else:  # depthwise (side * side, C) -> (C, 1, side, side)
+                value = value.permute(1, 0).reshape(value.shape[1], 1, side, side).transpose(3, 2)
+        elif key.endswith(".bias") and value.ndim != 1:
+            value = value.reshape(-1)  # sparse conv bias (1, C) -> (C,)
+        elif ".grn." in key:
+            value = value.reshape(1, 1, 1, -1)  # (1, C) -> (1, 1, 1, C), broadcast over NHWC
+        out[key] = value.contiguous()
+    return out
+
+
+def convnextv2_to_fcmae(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`fcmae_to_convnextv2` for the encoder (the final ``norm`` and ``head`` are dropped)."""
+    out = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if parts[0] in ("norm", "head"):
+            continue  # the FCMAE encoder has neither
+        if parts[:2] != ["downsample_layers", "0"]:  # the stem stays dense (a Conv2d and a LayerNorm)
+            key, value = _to_sparse(parts, value)
+        out[FCMAE_PREFIX + key] = value.contiguous()
+    return out
+
+
+def _to_sparse(parts: list[str], value: torch.Tensor) -> tuple[str, torch.Tensor]:
+    module, name = parts[-2], parts[-1]
+    is_norm = module == "norm" or (parts[0] == "downsample_layers" and module == "0")
+    if is_norm or module in ("pwconv1", "pwconv2"):
+        return ".".join([*parts[:-1], "ln" if is_norm else "linear", name]), value
+    if module == "grn" or name == "bias":  # GRN (1, 1, 1, C) and sparse conv biases (C,) -> (1, C)
+        return ".".join(parts), value.reshape(1, -1)
+    # The convolutions (downsampling `downsample_layers.i.1`, depthwise `dwconv`): (out, in, side, side) ->
+    # (side * side, in, out), or (side * side, C) for the depthwise one.
+    out_channels, in_channels, side, _ = value.shape
+    flat = value.transpose(3, 2).reshape(out_channels, in_channels, side * side)
+    kernel = flat[:, 0].permute(1, 0) if module == "dwconv" else flat.permute(2, 1, 0)
+    return ".".join([*parts[:-1], "kernel"]), kernel

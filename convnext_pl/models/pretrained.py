@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from convnext_pl.errors import UserError
 from convnext_pl.models.catalogue import CATALOGUE, IN22K_CLASSES, Weights, list_weights
+from convnext_pl.models.conversions import fcmae_to_convnextv2, is_fcmae
 from convnext_pl.models.download import resolve
 
 # timm name -> official name, applied in order to every key of a timm state dict (docs/paper.md §2).
@@ -171,6 +172,8 @@ def to_official_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
         state = {
             k.removeprefix(_LIGHTNING_PREFIX): v for k, v in state.items() if k.startswith(_LIGHTNING_PREFIX)
         }
+    if is_fcmae(state):  # a ConvNeXt V2 FCMAE pre-training file: sparse encoder kernels -> dense
+        state = fcmae_to_convnextv2(state)
     # torch.compile(module) stored as an attribute inserts `_orig_mod.`; DDP/DataParallel prefix `module.`.
     state = {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
     if not any(marker in k for k in state for marker in _TIMM_MARKERS):
