@@ -92,11 +92,12 @@ def _lightning_checkpoint(path, num_classes: int) -> torch.nn.Module:
     return net.eval()
 
 
-def test_validate_a_ckpt_as_pretrained_gives_the_accuracy_of_its_weights(tmp_path, offline_caches):
+@pytest.mark.parametrize("subcommand, metric", [("validate", "val/acc1"), ("test", "test/acc1")])
+def test_a_ckpt_as_pretrained_gives_the_accuracy_of_its_weights(subcommand, metric, tmp_path, offline_caches):
     root = write_image_folder(tmp_path / "images", num_classes=3, per_class=4, size=40, splits=("val",))
     net = _lightning_checkpoint(tmp_path / "run.ckpt", num_classes=3)
     cli = cli_main(
-        ["validate", "--config", _config(tmp_path, root, 3), "--model.init_args.pretrained", str(tmp_path / "run.ckpt"),
+        [subcommand, "--config", _config(tmp_path, root, 3), "--model.init_args.pretrained", str(tmp_path / "run.ckpt"),
          f"--trainer.default_root_dir={tmp_path / 'runs'}", *CPU, *QUIET]
     )  # fmt: skip
     # The expected accuracy, from the same weights on the same images with the data module's own transform.
@@ -107,7 +108,7 @@ def test_validate_a_ckpt_as_pretrained_gives_the_accuracy_of_its_weights(tmp_pat
     with torch.no_grad():
         predicted = net(torch.stack(images)).argmax(-1)
     expected = (predicted == torch.tensor(targets)).float().mean().item()
-    assert cli.trainer.callback_metrics["val/acc1"].item() == pytest.approx(expected)
+    assert cli.trainer.callback_metrics[metric].item() == pytest.approx(expected)
     assert torch.equal(cli.model.net.head.weight, net.head.weight)
 
 
