@@ -7,7 +7,7 @@ STAMP := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format summary roadmap ladder figures bench clean
+.PHONY: help install demo test test-fast lint format summary roadmap ladder figures bench gpu-suite clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +67,10 @@ bench: install ## CPU training-throughput benchmarks (issue targets) into runs/b
 	$(PY) benchmarks/train_throughput.py --device cpu --model convnext_tiny --image-size 224 --batch-size 8 \
 		--steps 10 --json runs/bench/tiny_224.json
 	$(PY) benchmarks/data_throughput.py --workers 0 1 2 --json runs/bench/data.json
+
+gpu-suite: install ## One-GPU measurement (~6 min): gpu tests, train img/s eager+compiled, input pipeline, one table.
+	@mkdir -p runs/bench
+	$(PY) benchmarks/gpu_suite.py $(if $(DRY_RUN),--dry-run) --json runs/bench/gpu_suite.json
 
 clean: ## Remove run outputs and caches (keeps .venv).
 	rm -rf runs .pytest_cache .ruff_cache
