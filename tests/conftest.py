@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DIGITS
+from helpers import DIGITS, run_main
 
 from convnext_pl.cli import cli_main
 
@@ -53,6 +53,17 @@ def digits_ckpt(tmp_path_factory) -> Path:
         + ["--checkpoint.every_n_train_steps=1"]
     )
     return Path(cli.trainer.checkpoint_callback.last_model_path)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """``python main.py fit --config configs/experiment/digits.yaml``, what `make demo` runs (12 epochs), once per
+    session: ``(root, result)`` with the run's ``--trainer.default_root_dir`` and its ``CompletedProcess``.
+
+    Tests that use it carry ``pytest.mark.xdist_group("demo_run")``, so `make test` trains it on one worker.
+    """
+    root = tmp_path_factory.mktemp("demo")
+    return root, run_main(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(root)], timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn as nn
-from helpers import DIGITS, QUIET, quiet_trainer, run_main
+from helpers import DIGITS, QUIET, quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from convnext_pl.callbacks import EMA, EMA_STATE_KEY
@@ -202,12 +202,11 @@ def test_resuming_from_last_continues_after_the_final_step_not_after_the_best_ep
 
 
 @pytest.mark.slow
-def test_make_demo_ends_with_last_ckpt_at_the_final_step(tmp_path):
+@pytest.mark.xdist_group("demo_run")
+def test_make_demo_ends_with_last_ckpt_at_the_final_step(demo_run):
     """The digits demo as `make demo` runs it: 12 epochs of 22 optimizer steps."""
-    result = run_main(
-        ["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *QUIET], timeout=600
-    )
-    last = tmp_path / "digits" / "version_0" / "checkpoints" / "last.ckpt"
+    root, result = demo_run
+    last = root / "digits" / "version_0" / "checkpoints" / "last.ckpt"
     assert f"Last checkpoint:  {last}" in result.stdout
     checkpoint = _load(last)
     assert (checkpoint["global_step"], checkpoint["epoch"]) == (264, 11)
