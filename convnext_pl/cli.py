@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from lightning import LightningDataModule
+from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
@@ -32,12 +32,19 @@ from convnext_pl.checkpointing import (
     find_last_checkpoint,
     keep_best_per_weights,
 )
-from convnext_pl.errors import UserError
-from convnext_pl.module import ImageClassifier
+from convnext_pl.errors import PARSER_HINT, UserError, exit_with_error, one_line_errors, parser_error_line
 from convnext_pl.reliability import NonFiniteLossGuard, StepSeeding
 
-USER_ERROR_EXIT_CODE = 2
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM (143)
+
+
+class _OneLineParser(LightningArgumentParser):
+    """LightningCLI's parser, reporting its errors as one line (not the usage text and a nested type report)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # jsonargparse parsing a nested piece: the outer parser reports it
+            return super().error(message, ex)
+        exit_with_error(parser_error_line(message) + PARSER_HINT)
 
 
 class ConvNeXtCLI(LightningCLI):
@@ -51,9 +58,11 @@ class ConvNeXtCLI(LightningCLI):
             **kwargs["trainer_defaults"],
         }
         super().__init__(
-            ImageClassifier,
+            LightningModule,  # the task: `model: {class_path: convnext_pl.ImageClassifier, init_args: ...}`
             LightningDataModule,
+            subclass_mode_model=True,
             subclass_mode_data=True,
+            parser_class=_OneLineParser,
             auto_configure_optimizers=False,  # the module builds its own parameter groups and schedule
             args=args,
             run=run,
@@ -87,8 +96,14 @@ class ConvNeXtCLI(LightningCLI):
         self._run_name = _run_name(config)
 
     def _link_num_classes(self, config) -> None:
-        """Give ``model.net`` the data's class count unless the config wrote one; a contradiction is an error."""
-        net, data = config.model.get("net"), config.get("data")
+        """Give ``model.init_args.net`` the data's class count unless the config wrote one (a contradiction is
+        an error). A task whose network has no ``num_classes`` is left alone.
+
+        ``link_arguments`` cannot serve: its source would be ``data.init_args.num_classes``, which is not an
+        argument but a property of the built DataModule, and a link target can no longer be written by the user,
+        so the contradiction check (and the configs that write ``num_classes``) would be lost.
+        """
+        net, data = (config.model.get("init_args") or {}).get("net"), config.get("data")
         if net is None or data is None or "num_classes" not in (net.get("init_args") or {}):
             return
         # A DataModule's __init__ touches no disk, so building one here only to read num_classes is cheap.
@@ -228,29 +243,28 @@ def _run_name(config) -> str:
 
 
 def _check_config_files(args: list[str]) -> None:
-    """Refuse a ``--config`` file that is not valid YAML, naming the file and line (jsonargparse names neither)."""
+    """Refuse a ``--config`` file that is not valid YAML (naming the file and line: jsonargparse names neither), an
+    empty one, or a folder."""
     values = [value for flag, value in zip(args, args[1:], strict=False) if flag in ("--config", "-c")]
     values += [arg.removeprefix("--config=") for arg in args if arg.startswith("--config=")]
     for value in values:
+        if Path(value).is_dir():
+            raise UserError(
+                f"--config {value} is a folder; give a YAML file, e.g. configs/experiment/digits.yaml"
+            )
+        if not Path(value).is_file() and ":" not in value:  # an inline YAML string has a colon
+            raise UserError(f"--config {value} does not exist; give the path of a YAML file")
         if not Path(value).is_file():
-            continue  # a missing file or an inline YAML string: jsonargparse's own message says which
+            continue  # an inline YAML string
         try:
-            yaml.safe_load(Path(value).read_text())
+            if yaml.safe_load(Path(value).read_text()) is None:
+                raise UserError(f"config file {value} is empty; give a YAML file with settings")
         except yaml.MarkedYAMLError as err:
             mark = err.problem_mark
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise UserError(
                 f"config file {value} is not valid YAML ({err.problem}{where}); fix its syntax"
             ) from err
-
-
-def _one_line(error: BaseException) -> str:
-    # An error raised in a DataLoader worker is re-raised with the worker's traceback in its message;
-    # the user's sentence is its last line.
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else type(error).__name__
-    prefix = f"{UserError.__module__}.{UserError.__name__}: "
-    return last.removeprefix(prefix)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
@@ -261,20 +275,16 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
     """
     argv = sys.argv
     try:
-        _check_config_files(argv[1:] if args is None else args)
-        if args is not None:
-            # Called from Python (tests, notebooks): the host's own argv (pytest's, the Jupyter kernel's) is not
-            # ours, and LightningCLI would warn about it.
-            sys.argv = argv[:1]
-        return ConvNeXtCLI(args=args, run=run)
-    except UserError as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
-        raise SystemExit(USER_ERROR_EXIT_CODE) from None
+        with one_line_errors():
+            _check_config_files(argv[1:] if args is None else args)
+            if args is not None:
+                # Called from Python (tests, notebooks): the host's own argv (pytest's, the Jupyter kernel's) is
+                # not ours, and LightningCLI would warn about it.
+                sys.argv = argv[:1]
+            return ConvNeXtCLI(args=args, run=run)
     except MisconfigurationException as error:
         # Lightning's exception for settings it cannot run with (an accelerator this machine does not have ...).
-        message = " ".join(str(error).split())
-        print(f"error: Lightning cannot run these settings: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(USER_ERROR_EXIT_CODE) from None
+        exit_with_error(f"Lightning cannot run these settings: {' '.join(str(error).split())}")
     except SIGTERMException:
         # Lightning exits with status 0 after SIGTERM; a scheduler must not mistake a preempted run for a finished one.
         raise SystemExit(SIGTERM_EXIT_CODE) from None

@@ -83,7 +83,10 @@ CASES = {
         ["--model.net.init_args.name", "convnext_tinyy"],
         f"error: Unknown model 'convnext_tinyy'. Valid names: {', '.join(list_models())}.",
     ),
-    "unknown config key": (["--model.lrr", "0.1"], "error: unrecognized arguments: --model.lrr 0.1"),
+    "unknown config key": (
+        ["--model.lrr", "0.1"],
+        "error: model.init_args.lrr is not an option here; --help lists the options",
+    ),
     "class count of model and data disagree": (
         ["--model.net.init_args.num_classes", "7"],
         "error: model.net.init_args.num_classes is 7 but the data has 10 classes; remove num_classes from the "
@@ -106,7 +109,7 @@ CASES = {
     ),
     "config file that does not exist": (
         ["--config", lambda f: str(f["root"] / "nope.yaml")],
-        "error: Parser key \"config\": File does not exist: '{root}/nope.yaml'",
+        "error: --config {root}/nope.yaml does not exist; give the path of a YAML file",
     ),
     "YAML syntax error": (
         ["--config", lambda f: str(f["bad_yaml"])],

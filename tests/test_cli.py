@@ -123,7 +123,7 @@ def test_runs_go_to_a_new_version_folder_and_keep_the_resolved_config(tmp_path):
     assert "convnext_pl.data.SyntheticDataModule" in saved.read_text()
     # The saved config reproduces the run: it parses back into the same model and data.
     again = _ParseOnly(args=["fit", "--config", str(saved)])
-    assert again.config.fit.model.net.as_dict() == first.model.hparams.net
+    assert again.config.fit.model.init_args.net.as_dict() == first.model.hparams.net
 
 
 @pytest.mark.slow
