@@ -130,3 +130,10 @@ def test_synthetic_module_writes_once_and_never_overwrites(tmp_path):
     again = write_scenes(tmp_path / "again", 2, 1, image_size=32)
     assert (again / "images" / "training" / "ADE_train_00000001.jpg").read_bytes() == first  # deterministic
     assert dm.num_classes == 5
+
+
+def test_fewer_images_than_one_batch(ade_root):
+    dm = _module(ade_root, batch_size=8)  # 4 training images
+    dm.setup("fit")
+    with pytest.raises(UserError, match="fewer than one batch of 8"):
+        dm.train_dataloader()

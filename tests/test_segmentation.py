@@ -42,7 +42,9 @@ def _args(root: Path) -> list[str]:
 def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg")
     # layer decay on: the logged lr of each parameter group shows the official stage-wise scales
-    run_main(["fit", *_args(root), *CPU, "--model.init_args.layer_decay=0.9", "--model.init_args.warmup_steps=0"])
+    run_main(
+        ["fit", *_args(root), *CPU, "--model.init_args.layer_decay=0.9", "--model.init_args.warmup_steps=0"]
+    )
     (run,) = (root / "runs" / "segmentation_synthetic").iterdir()
     return root, run
 
@@ -66,7 +68,9 @@ def test_validate_and_predict_from_the_checkpoint(fitted):
     cli = cli_main(["validate", *_args(root), *CPU, f"--ckpt_path={ckpt}"])
     assert 0.0 <= float(cli.trainer.callback_metrics["val/mIoU"]) <= 100.0
     images = root / "scenes" / "ADEChallengeData2016" / "images" / "validation"
-    cli = cli_main(["predict", *_args(root), *CPU, f"--ckpt_path={ckpt}", f"--data.init_args.predict_dir={images}"])
+    cli = cli_main(
+        ["predict", *_args(root), *CPU, f"--ckpt_path={ckpt}", f"--data.init_args.predict_dir={images}"]
+    )
     out = Path(cli.trainer.log_dir) / "masks"
     for image_path in sorted(images.iterdir()):
         mask = Image.open(out / f"{image_path.stem}.png")
@@ -89,27 +93,48 @@ def test_iou_from_confusion_matches_mmseg_rule():
     assert torch.isnan(iou[2]) and accuracy == pytest.approx(5 / 6)
 
 
-class SyncBatchNormReport(Callback):
-    """Writes, per rank, how many SyncBatchNorm layers the trained network holds (DDP test; by class path)."""
+class BatchNormReport(Callback):
+    """Writes, per rank, the world size and the running mean of the first head BatchNorm (by class path)."""
 
     def __init__(self, folder: str):
         self.folder = Path(folder)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        count = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules())
+        bn = pl_module.net.decode_head.bottleneck.bn
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / f"rank{trainer.global_rank}.txt").write_text(f"{count} {trainer.world_size}")
+        line = f"{type(bn).__name__} {trainer.world_size} {bn.running_mean.sum().item():.6f}"
+        (self.folder / f"rank{trainer.global_rank}.txt").write_text(line)
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_with_sync_batchnorm(tmp_path):
+def test_ddp_two_cpu_processes(tmp_path):
+    # On CPU the heads keep plain BatchNorm (torch's SyncBatchNorm runs on GPUs only): each rank normalises its
+    # own batch, and DDP keeps the weights, not the running statistics, equal across ranks.
     report = tmp_path / "report"
     run_main(
         ["fit", *_args(tmp_path), "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-         "--trainer.sync_batchnorm=true", "--trainer.precision=32-true",
-         "--trainer.callbacks+=test_segmentation.SyncBatchNormReport",
+         "--trainer.precision=32-true", "--trainer.callbacks+=test_segmentation.BatchNormReport",
          f"--trainer.callbacks.init_args.folder={report}"],
         timeout=400,
     )  # fmt: skip
-    counts = [(report / f"rank{r}.txt").read_text().split() for r in (0, 1)]
-    assert counts[0] == counts[1] and int(counts[0][0]) > 0 and counts[0][1] == "2"
+    reports = [(report / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert [r[:2] for r in reports] == [["BatchNorm2d", "2"]] * 2
+
+
+def test_sync_batchnorm_on_cpu_is_one_sentence(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", *_args(tmp_path), *CPU, "--trainer.strategy=ddp", "--trainer.sync_batchnorm=true"])
+    assert info.value.code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert "sync_batchnorm needs GPUs" in line
+
+
+@pytest.mark.gpu
+def test_sync_batchnorm_on_a_gpu(tmp_path):
+    report = tmp_path / "report"
+    cli_main(
+        ["fit", *_args(tmp_path), "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.strategy=ddp",
+         "--trainer.sync_batchnorm=true", "--trainer.callbacks+=test_segmentation.BatchNormReport",
+         f"--trainer.callbacks.init_args.folder={report}"]
+    )  # fmt: skip
+    assert (report / "rank0.txt").read_text().startswith("SyncBatchNorm 1")

@@ -232,6 +232,11 @@ class SegmentationFolderDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if len(self.datasets["train"]) < self.batch_size:  # drop_last would leave no batch at all
+            raise UserError(
+                f"The training split has {len(self.datasets['train'])} images, fewer than one batch of "
+                f"{self.batch_size}; lower data.init_args.batch_size or add images."
+            )
         return self._loader("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -58,6 +58,9 @@ class ConvNeXtBackbone(nn.Module):
         for i in self.out_indices:  # official names norm0..norm3, one per returned map
             self.add_module(f"norm{i}", LayerNorm2d(widths[i], eps=LN_EPS))
         self.grad_checkpointing = False
+        # The classifier's final norm, kept outside the module tree (no parameter, no checkpoint key): ImageNet
+        # files are loaded through the classification layout it completes (see load_backbone_weights).
+        self._classifier_norm = (net.norm,)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them."""
@@ -106,13 +109,29 @@ def create_backbone(
             ``norm`` and ``head`` are ignored and ``norm0..3`` start fresh, as in the official code.
         **overrides: any other option of :func:`convnext_pl.models.create_model` (``layer_scale_init_value``...).
     """
-    net = create_model(name, drop_path_rate=drop_path_rate, **overrides)
+    backbone = ConvNeXtBackbone(create_model(name, drop_path_rate=drop_path_rate, **overrides), out_indices)
     if pretrained is not None:
-        with warnings.catch_warnings():
-            # The classifier head is discarded below, so a file with another class count is no news.
-            warnings.filterwarnings("ignore", message="The head in .* does not match the model")
-            load_pretrained(net, pretrained, replace_head=True)
-    return ConvNeXtBackbone(net, out_indices)
+        load_backbone_weights(backbone, pretrained)
+    return backbone
+
+
+class _ClassificationLayout(nn.Module):
+    # The backbone's own stem and stages (shared, not copied) under the classification names, with a throwaway
+    # final norm and no head: what ImageNet files hold, so load_pretrained's checks and conversions apply.
+    def __init__(self, backbone: ConvNeXtBackbone):
+        super().__init__()
+        self.downsample_layers, self.stages = backbone.downsample_layers, backbone.stages
+        self.norm, self.head = backbone._classifier_norm[0], nn.Identity()
+
+
+def load_backbone_weights(backbone: ConvNeXtBackbone, source: str | Path) -> ConvNeXtBackbone:
+    """Load ImageNet classification weights (a released name, URL or file, as ``load_pretrained`` takes) into
+    the stem and stages in place; the file's head and final norm are ignored, ``norm0..3`` keep their values."""
+    with warnings.catch_warnings():
+        # The classifier head is discarded, so a file with another class count is no news.
+        warnings.filterwarnings("ignore", message="The head in .* does not match the model")
+        load_pretrained(_ClassificationLayout(backbone), source, replace_head=True)
+    return backbone
 
 
 def layer_id_layer_wise(name: str, num_layers: int) -> int:

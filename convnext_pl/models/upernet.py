@@ -213,6 +213,8 @@ def create_upernet(
 def load_segmentation_checkpoint(model: UperNet, path: str | Path) -> UperNet:
     """Load an mmseg-layout checkpoint (the released ADE20K files) or this project's own into ``model``.
 
+    ``path`` is a file, a URL or a released name of the weights catalogue (``upernet_convnext_tiny.ade20k_160k``).
+
     The released files are ``{"state_dict": {"backbone.*", "decode_head.*", "auxiliary_head.*"}, "meta": ...}``
     and carry exactly this model's names; a Lightning checkpoint of ``SemanticSegmenter`` (``net.`` prefix)
     loads too. Every key must match in name and shape.
@@ -221,7 +223,9 @@ def load_segmentation_checkpoint(model: UperNet, path: str | Path) -> UperNet:
         UserError: the file is missing or unreadable, or a key is missing, unexpected or of another shape
             (the sentence names the first such key).
     """
-    path = Path(path)
+    from convnext_pl.models.download import resolve  # names and URLs: downloaded once into the cache
+
+    path = resolve(path, check=read_state_dict).path
     state = to_official_names(read_state_dict(path))
     problem = first_mismatch(state, model.state_dict(), lambda key: True)
     if problem:

@@ -60,7 +60,9 @@ class SemanticSegmenter(LightningModule):
         test_scales: ratios of the evaluation scale (official multi-scale: 0.5, 0.75, ..., 1.75; single: 1.0).
         flip: also segment the mirrored image and average (official "ms+flip").
         pretrained: a whole segmentation checkpoint (a released ADE20K file in mmseg layout, or this project's),
-            loaded before any stage; the backbone's ImageNet weights are the net's ``pretrained_backbone``.
+            loaded before any stage.
+        pretrained_backbone: ImageNet weights for the backbone (a released name such as ``convnext_tiny.in1k``,
+            a URL or a file), loaded when fitting starts without ``pretrained``; the heads start fresh.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class SemanticSegmenter(LightningModule):
         test_scales: tuple[float, ...] = (1.0,),
         flip: bool = False,
         pretrained: str | None = None,
+        pretrained_backbone: str | None = None,
     ):
         super().__init__()
         if decay_type not in DECAY_TYPES:
@@ -108,10 +111,22 @@ class SemanticSegmenter(LightningModule):
                 f"The data has {data_classes} classes but the model has {self.num_classes} outputs; remove "
                 f"num_classes from the model's net config (it follows the data) or set it to {data_classes}."
             )
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if stage == "fit" and getattr(strategy, "_layer_sync", None) and strategy.root_device.type == "cpu":
+            # torch's DDP refuses SyncBatchNorm on CPU processes with a message about "GPU modules".
+            raise UserError(
+                "trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on CPU processes); "
+                "set trainer.sync_batchnorm false on the CPU."
+            )
+        if stage == "fit" and self.hparams.pretrained_backbone and not self.hparams.pretrained:
+            from convnext_pl.models.backbone import load_backbone_weights
+
+            load_backbone_weights(self.net.backbone, self.hparams.pretrained_backbone)
+            rank_zero_info(f"Loaded backbone weights from {self.hparams.pretrained_backbone}")
         if self.hparams.pretrained and not self._pretrained_loaded:
             from convnext_pl.models.upernet import load_segmentation_checkpoint
 
-            load_segmentation_checkpoint(self.net, _weights_file(self.hparams.pretrained))
+            load_segmentation_checkpoint(self.net, self.hparams.pretrained)
             self._pretrained_loaded = True
             rank_zero_info(f"Loaded segmentation weights from {self.hparams.pretrained}")
 
@@ -221,15 +236,6 @@ def iou_from_confusion(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     iou = torch.where(union > 0, true_positive / union.clamp(min=1), torch.full_like(union, float("nan")))
     accuracy = true_positive.sum() / matrix.sum().clamp(min=1)
     return iou, accuracy
-
-
-def _weights_file(source: str) -> str:
-    # Catalogue names and URLs are resolved to a cached file by the weights module; a path passes through.
-    try:
-        from convnext_pl.models.download import resolve
-    except ImportError:
-        return source
-    return str(resolve(source).path)
 
 
 def _created_in_code() -> bool:
