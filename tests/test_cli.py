@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONFIGS, CPU, DIGITS, EXPERIMENTS, QUIET, run_main
+from helpers import CONFIGS, CPU, DIGITS, EXPERIMENTS, QUIET
 
 from convnext_pl.cli import ConvNeXtCLI, cli_main
 
@@ -127,10 +127,10 @@ def test_runs_go_to_a_new_version_folder_and_keep_the_resolved_config(tmp_path):
 
 
 @pytest.mark.slow
-def test_main_py_trains_the_digits_demo_and_reports_where_things_went(tmp_path):
-    """What `make demo` runs, shortened to one epoch."""
-    demo = ["fit", "--config", DIGITS, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}"]
-    result = run_main(demo + QUIET)
+@pytest.mark.xdist_group("demo_run")
+def test_main_py_trains_the_digits_demo_and_reports_where_things_went(demo_run):
+    """What `make demo` runs (the session's one demo run, conftest.demo_run)."""
+    root, result = demo_run
     assert "val/acc1" in result.stdout
-    assert f"Last checkpoint:  {tmp_path}/digits/version_0/checkpoints/last.ckpt" in result.stdout
-    assert (tmp_path / "digits" / "version_0" / "metrics.csv").exists()
+    assert f"Last checkpoint:  {root}/digits/version_0/checkpoints/last.ckpt" in result.stdout
+    assert (root / "digits" / "version_0" / "metrics.csv").exists()
