@@ -300,3 +300,14 @@ def test_download_command_fills_the_cache_and_list_prints_the_table(server, cach
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["download", "convnext_atto.d2_in1k"]) == 2
     assert capsys.readouterr().err.startswith("error: convnext_atto.d2_in1k is not in the cache")
+
+
+def test_a_name_falls_back_to_its_url_when_the_hub_cannot_be_reached(server, caches, monkeypatch):
+    # huggingface_hub was imported offline (conftest): every Hub request fails as behind a firewall.
+    source = _atto()
+    server.files["/fallback.pth"] = _official_bytes(source)
+    _register(
+        monkeypatch, "convnext_atto.test_fallback", server.url("/fallback.pth"), hub="timm/not_reachable"
+    )
+    assert _same(load_pretrained(_atto(), "convnext_atto.test_fallback"), source)
+    assert server.requests == ["/fallback.pth"]

@@ -78,7 +78,7 @@ class Weights:
         reported_at: the evaluation those figures come from.
         url: the official download (None when the file is only on the Hub).
         hf_hub_id: the Hugging Face Hub repository holding the same weights (timm's layout).
-        sha256: the file's SHA-256, checked after a download when known.
+        sha256: the SHA-256 of the ``url`` file, checked after its download when known (the Hub gives its own).
         source: where the entry's facts come from.
         note: anything a user should know (a disagreement between sources, say).
     """

@@ -103,7 +103,12 @@ def _fetch_entry(entry: Weights, check: Callable[[Path], object] | None) -> Path
     if offline():
         raise UserError(_offline_sentence(entry.name, entry.url, entry.hf_hub_id))
     if entry.hf_hub_id:
-        return download_hf(entry.hf_hub_id, check=check, sha256=entry.sha256, name=entry.name, url=entry.url)
+        try:  # the Hub's own SHA-256 is checked; the entry's sha256 is the URL file's
+            return download_hf(entry.hf_hub_id, check=check, name=entry.name, url=entry.url)
+        except UserError:
+            if not entry.url:
+                raise
+            # The Hub unreachable (a firewall that lets the official server through) or refusing: try the URL.
     return download_url(entry.url, sha256=entry.sha256, check=check, name=entry.name)
 
 
