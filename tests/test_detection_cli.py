@@ -1,0 +1,89 @@
+"""The detection task through the command line, as a user runs it: fit on the synthetic shapes, validate, predict
+(COCO results + drawn images), resume from ``last.ckpt``; and fit with DDP on 2 CPU processes.
+
+One tiny run shared by the in-process steps: 64-px shapes, 8 training images, convnext_atto, narrow heads.
+"""
+
+import csv
+import json
+
+import pytest
+import torch
+from helpers import CPU, EXPERIMENTS, QUIET, run_main
+from pycocotools.coco import COCO
+
+from convnext_pl.cli import cli_main
+
+CONFIG = str(EXPERIMENTS / "coco_shapes_mask_rcnn.yaml")
+
+
+def tiny(root, runs) -> list[str]:
+    """The laptop config shrunk to seconds: 64-px images, 8 + 4 of them, 2 training batches, no warm-up."""
+    return [
+        "--config", CONFIG, *QUIET, *CPU,
+        "--data.init_args.root", str(root),
+        "--data.init_args.train_images", "8",
+        "--data.init_args.val_images", "4",
+        "--data.init_args.image_size", "64",
+        "--data.init_args.train_scales", "[48, 64]",
+        "--data.init_args.crop_scales", "[40]",
+        "--data.init_args.crop_size", "[32, 48]",
+        "--data.init_args.max_size", "96",
+        "--model.init_args.net.init_args.min_size", "64",
+        "--model.init_args.net.init_args.max_size", "96",
+        "--model.init_args.net.init_args.fpn_channels", "32",
+        "--model.init_args.net.init_args.representation_size", "64",
+        "--model.init_args.warmup_steps", "0",
+        "--model.init_args.draw_images", "2",
+        "--model.init_args.draw_score_threshold", "0",
+        "--trainer.default_root_dir", str(runs),
+        "--trainer.limit_train_batches", "2",
+        "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.num_sanity_val_steps", "0",
+    ]  # fmt: skip
+
+
+def val_metrics(run_dir) -> dict[str, float]:
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    return {k: float(v) for row in rows for k, v in row.items() if k.startswith("val/") and v}
+
+
+def test_fit_validate_predict_and_resume(tmp_path):
+    root, runs = tmp_path / "shapes", tmp_path / "runs"
+    args = tiny(root, runs)
+    cli_main(["fit", *args, "--trainer.max_epochs", "1", "--run_name", "det"])
+    first = runs / "det" / "version_0"
+    metrics = val_metrics(first)
+    names = {f"val/{iou}_{m}" for iou in ("box", "mask") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    assert names <= metrics.keys()
+    assert (root / "annotations" / "instances_val2017.json").is_file()  # written on first use
+    last = first / "checkpoints" / "last.ckpt"
+
+    cli_main(["validate", *args, "--run_name", "det_val", "--ckpt_path", str(last)])
+    assert val_metrics(runs / "det_val" / "version_0")["val/box_AP"] == pytest.approx(metrics["val/box_AP"])
+
+    cli_main(["predict", *args, "--run_name", "det_pred", "--ckpt_path", str(last)])
+    out = runs / "det_pred" / "version_0"
+    results = json.loads((out / "detections.json").read_text())
+    assert results and {"image_id", "category_id", "bbox", "score", "segmentation"} <= results[0].keys()
+    coco = COCO(str(root / "annotations" / "instances_val2017.json"))
+    loaded = coco.loadRes(str(out / "detections.json"))  # the official evaluation reads the file as written
+    assert {a["category_id"] for a in loaded.anns.values()} <= {1, 3, 7}  # COCO ids, not labels
+    assert len(list((out / "drawn").glob("*.png"))) == 2
+
+    cli_main(["fit", *args, "--trainer.max_epochs", "2", "--run_name", "det", "--ckpt_path", "last"])
+    resumed = torch.load(runs / "det" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 4  # 2 steps before the resume, 2 after
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_fit_and_report_one_ap(tmp_path):
+    root, runs = tmp_path / "shapes", tmp_path / "runs"
+    args = [a for a in tiny(root, runs) if a not in CPU]
+    run_main(
+        ["fit", *args, "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+         "--trainer.strategy", "ddp", "--run_name", "ddp"],
+        timeout=400,
+    )  # fmt: skip
+    metrics = val_metrics(runs / "ddp" / "version_0")
+    assert 0.0 <= metrics["val/box_AP"] <= 1.0 and 0.0 <= metrics["val/mask_AP"] <= 1.0
