@@ -150,3 +150,24 @@ def test_training_with_the_fast_pipeline_from_the_command_line(folder, tmp_path)
     ])  # fmt: skip
     assert cli.trainer.global_step == 2
     assert torch.isfinite(torch.tensor(cli.trainer.callback_metrics["val/loss"].item()))
+
+
+def _finished(module, batch):
+    return module.on_after_batch_transfer(module.on_before_batch_transfer(batch, 0), 0)
+
+
+def test_a_resumed_loader_finishes_its_next_batch_as_the_uninterrupted_one(folder):
+    """Resume: the device-side erasing follows the batch's sample seeds, not the generators' history."""
+    uninterrupted = _fast_module(folder, re_prob=1.0)  # every image erased: the noise must match
+    uninterrupted.setup("fit")
+    batches = iter(uninterrupted.train_dataloader())
+    next(batches)
+    state = uninterrupted.state_dict()  # what a checkpoint after the first batch holds
+    torch.manual_seed(123), random.seed(123)  # the resumed process's generators are elsewhere
+    want = _finished(uninterrupted, next(batches))
+
+    resumed = _fast_module(folder, re_prob=1.0)
+    resumed.setup("fit")
+    resumed.load_state_dict(state)
+    got = _finished(resumed, next(iter(resumed.train_dataloader())))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
