@@ -122,9 +122,7 @@ class NonFiniteLossGuard(Callback):
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         optimizer = getattr(optimizer, "_optimizer", optimizer)  # Lightning's wrapper -> the torch optimizer
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        bad = ~torch.isfinite(
-            torch.nn.utils.get_total_norm(grads, norm_type=float("inf"))
-        )  # max |g|: no overflow
+        bad = _non_finite(grads, self._counters["step"].device)
         if self._loss_bad is not None:
             bad = bad | self._loss_bad
         loss = self._loss if self._loss_bad is not None else torch.full_like(self._first_loss, float("nan"))
@@ -204,3 +202,26 @@ class NonFiniteLossGuard(Callback):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.skipped_steps = state_dict["skipped_steps"]
+
+
+def _non_finite(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """A device bool: is any element of ``grads`` NaN or infinite? No synchronisation.
+
+    The gradient scaler's own kernel (``torch._amp_foreach_non_finite_check_and_unscale_``, here with scale 1,
+    which leaves the values as they are) checks every element exactly, in one fused pass per device and dtype:
+    on a CPU it costs what a gradient-norm pass does, where ``get_total_norm(norm_type=inf)`` took 6x as long
+    (2.2 against 14 ms for ConvNeXt-atto's 3.7M gradients, one thread). A sharded gradient (FSDP2's DTensor) is
+    checked in its local shard.
+    """
+    found = torch.zeros((), dtype=torch.float32, device=device)
+    by_kind: dict[tuple, list[torch.Tensor]] = {}
+    for grad in grads:
+        grad = grad.to_local() if hasattr(grad, "to_local") else grad
+        by_kind.setdefault((grad.device, grad.dtype), []).append(grad)
+    for (grad_device, _), group in by_kind.items():
+        found_here = found if grad_device == found.device else torch.zeros_like(found, device=grad_device)
+        scale = torch.ones((), dtype=torch.float32, device=grad_device)
+        torch._amp_foreach_non_finite_check_and_unscale_(group, found_here, scale)
+        if found_here is not found:
+            found += found_here.to(device, non_blocking=True)
+    return found > 0
