@@ -5,11 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DIGITS, run_main
 
-from convnext_pl.cli import cli_main
-
-# Tests must never reach a hub; timm and torchvision would otherwise try to download weights.
+# Tests must never reach a hub; timm and torchvision would otherwise try to download weights. huggingface_hub
+# reads HF_HUB_OFFLINE once, when timm first imports it: so this comes before helpers (which import timm).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), ".torch-home-unused"))
 # Under pytest-xdist (`make test`) there are as many workers as cores: one intra-op thread each (children and
@@ -17,6 +15,10 @@ os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), ".to
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+from helpers import DIGITS, run_main  # noqa: E402  (after the environment above)
+
+from convnext_pl.cli import cli_main  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,16 +44,15 @@ def digits_ckpt(tmp_path_factory) -> Path:
     Tests that use it carry ``pytest.mark.xdist_group("digits_run")``, so `make test` trains it on one worker.
     """
     root = tmp_path_factory.mktemp("digits_run")
-    cli = cli_main(
-        ["fit", f"--config={DIGITS}", f"--trainer.default_root_dir={root}", "--trainer.max_epochs=1"]
-        + [
-            "--trainer.limit_train_batches=3",
-            "--trainer.limit_val_batches=1",
-            "--trainer.enable_progress_bar=false",
-        ]
-        + ["--trainer.callbacks+=convnext_pl.callbacks.EMA", "--trainer.callbacks.decay=0.5"]
-        + ["--checkpoint.every_n_train_steps=1"]
-    )
+    run = [
+        "fit",
+        f"--config={DIGITS}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+    ]
+    steps = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1"]
+    ema = ["--trainer.callbacks+=convnext_pl.callbacks.EMA", "--trainer.callbacks.decay=0.5"]
+    cli = cli_main(run + steps + ema + ["--checkpoint.every_n_train_steps=1"])
     return Path(cli.trainer.checkpoint_callback.last_model_path)
 
 
