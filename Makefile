@@ -7,7 +7,7 @@ STAMP := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format summary roadmap ladder figures bench gpu-suite clean
+.PHONY: help install demo demo-seg demo-det test test-fast lint format summary roadmap ladder figures bench gpu-suite clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,6 +21,12 @@ install: $(STAMP) ## Create .venv and install the package editable with dev extr
 
 demo: install ## Train ConvNeXt on the offline digits data set and print the validation metrics.
 	$(PY) main.py fit --config configs/experiment/digits.yaml
+
+demo-seg: install ## Train UperNet + ConvNeXt-atto on the offline synthetic scenes and print the mIoU.
+	$(PY) main.py fit --config configs/experiment/segmentation_synthetic.yaml
+
+demo-det: install ## Train Mask R-CNN + ConvNeXt-atto on the offline synthetic shapes (COCO format) and print box and mask AP.
+	$(PY) main.py fit --config configs/experiment/coco_shapes_mask_rcnn.yaml
 
 # pytest-xdist workers (one per core of the 2-core reference machine); TEST_JOBS=0 runs in one process.
 # --dist loadgroup keeps each module marked xdist_group (one that trains a shared run in a module or session

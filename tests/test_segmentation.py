@@ -13,6 +13,7 @@ from PIL import Image
 from convnext_pl.cli import cli_main
 from convnext_pl.tasks.segmentation import iou_from_confusion
 
+pytestmark = pytest.mark.xdist_group("segmentation_run")  # the module fixture trains once
 CONFIG = str(EXPERIMENTS / "segmentation_synthetic.yaml")
 # A handful of small scenes and two steps: every stage of a run, in seconds.
 TINY = [

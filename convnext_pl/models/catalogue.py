@@ -217,7 +217,36 @@ def _timm_entries() -> Iterator[Weights]:
                           crop_pct=crop_pct)  # fmt: skip
 
 
-CATALOGUE: dict[str, Weights] = {w.name: w for w in (*_v1_entries(), *_v2_entries(), *_timm_entries())}
+def _segmentation_entries() -> Iterator[Weights]:
+    # UperNet on ADE20K (docs/paper.md §6), facebookresearch/ConvNeXt semantic_segmentation/README.md: mIoU single
+    # scale (ms+flip where the table gives it), 160k iterations; 1K backbones at crop 512, 22K ones at crop 640.
+    rows = {("tiny", "1k", 512): (46.0, 46.7), ("small", "1k", 512): (48.7, 49.6), ("base", "1k", 512): (49.1, 49.9),
+            ("base", "22k", 640): (52.6, None), ("large", "22k", 640): (53.2, None),
+            ("xlarge", "22k", 640): (53.6, None)}  # fmt: skip
+    for (size, pretraining, crop), (miou, miou_ms) in rows.items():
+        reported = {"mIoU": miou} | ({"mIoU_ms_flip": miou_ms} if miou_ms is not None else {})
+        yield Weights(
+            name=f"upernet_convnext_{size}.ade20k_160k" + ("" if pretraining == "1k" else "_in22k_640"),
+            task="segmentation",
+            arch=Arch(
+                "convnext_pl.models.upernet.create_upernet",
+                {"backbone": f"convnext_{size}", "num_classes": 150},
+            ),
+            num_classes=150,
+            label_set="ade20k",
+            image_size=crop,
+            crop_pct=1.0,
+            recipe=f"UperNet 160k iterations, batch 16, crop {crop}, from ImageNet-{pretraining.upper()} (docs/paper.md §6)",
+            reported=MappingProxyType(reported),
+            reported_at=f"ADE20K val, sliding window, {crop * 4}x{crop} (ms+flip: 6 scales with flips)",
+            url=f"{OFFICIAL}/ade20k/upernet_convnext_{size}_{pretraining}_{crop}x{crop}.pth",
+            source="facebookresearch/ConvNeXt semantic_segmentation/README.md",
+        )
+
+
+CATALOGUE: dict[str, Weights] = {
+    w.name: w for w in (*_v1_entries(), *_v2_entries(), *_timm_entries(), *_segmentation_entries())
+}
 
 
 def register_weights(weights: Weights) -> None:
