@@ -19,17 +19,16 @@ import yaml
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from convnext_pl import runs
 from convnext_pl.callbacks import TopKPredictionWriter
 from convnext_pl.checkpointing import (
     AtomicCheckpointIO,
     RunCheckpoint,
     checkpoint_load_error,
-    find_last_checkpoint,
     keep_best_per_weights,
 )
 from convnext_pl.errors import PARSER_HINT, UserError, exit_with_error, one_line_errors, parser_error_line
@@ -76,6 +75,13 @@ class ConvNeXtCLI(LightningCLI):
             default=None,
             help="Runs go to <trainer.default_root_dir>/<run_name>/version_N (default: the first config's file name).",
         )
+        parser.add_argument(
+            "--allow_untrained",
+            type=bool,
+            default=False,
+            help="validate/test/predict on a randomly initialised network on purpose (smoke tests); without it "
+            "they refuse to run without --ckpt_path or pretrained weights.",
+        )
         # Callback groups are always added, whatever trainer.callbacks a config sets.
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite_loss")
@@ -93,7 +99,7 @@ class ConvNeXtCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         self._link_num_classes(config)
-        self._run_name = _run_name(config)
+        self._run_name = runs.run_name(config)
 
     def _link_num_classes(self, config) -> None:
         """Give ``model.init_args.net`` the data's class count unless the config wrote one (a contradiction is
@@ -123,8 +129,23 @@ class ConvNeXtCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
-        if self.config.get("subcommand"):  # before LightningCLI reads the checkpoint's hyperparameters
-            self._check_outputs(self.config[self.config.subcommand], self.config.subcommand)
+        subcommand = self.config.get("subcommand")
+        # Before anything is written, and before LightningCLI reads the checkpoint's hyperparameters.
+        if subcommand:
+            self._check_before_anything_starts(self.config[subcommand], subcommand)
+
+    def _check_before_anything_starts(self, config, subcommand: str) -> None:
+        """The run-folder policy (``convnext_pl.runs``) on the parsed config; ``--ckpt_path last`` is resolved."""
+        root, name = runs.root_dir(config), runs.run_name(config)
+        runs.check_root_dir(root)
+        dirpath = (config.get("checkpoint") or {}).get("dirpath")
+        ckpt_path = runs.resolve_ckpt_path(config.get("ckpt_path"), root, name, dirpath)
+        if ckpt_path != config.get("ckpt_path"):
+            config.ckpt_path = ckpt_path  # config.yaml records the exact file
+            rank_zero_info(f"Resuming from {ckpt_path}")
+        runs.refuse_a_used_checkpoint_folder(subcommand, dirpath, ckpt_path)
+        if runs.check_trained_weights(subcommand, ckpt_path, config.model, config.get("allow_untrained")):
+            rank_zero_warn(f"{subcommand} on an untrained, randomly initialised network (--allow_untrained)")
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI loads --ckpt_path here (torch.load, weights_only=True) to take the model's hyperparameters
@@ -139,71 +160,21 @@ class ConvNeXtCLI(LightningCLI):
                 raise
             raise user_error from err
 
-    def _check_outputs(self, config, subcommand: str) -> None:
-        """Resolve ``--ckpt_path last``, refuse a checkpoint path that does not exist, and refuse to write a new
-        run's checkpoints into a folder that holds a run's."""
-        ckpt_path = config.get("ckpt_path")
-        dirpath = (config.get("checkpoint") or {}).get("dirpath")
-        if ckpt_path == "best":
-            raise UserError(
-                "--ckpt_path best refers to the best checkpoint of a fit in the same process; pass the path "
-                "printed as 'Best checkpoint' when the run ended"
-            )
-        if ckpt_path == "last":
-            config.ckpt_path = str(_last_checkpoint(config, dirpath))  # config.yaml records the exact file
-            rank_zero_info(f"Resuming from {config.ckpt_path}")
-        elif (
-            ckpt_path
-            and "://" not in ckpt_path
-            and ckpt_path != "hpc"
-            # a file, or the folder of a distributed checkpoint (FSDP2, sharded FSDP: torch.distributed.checkpoint)
-            and not (Path(ckpt_path).is_file() or (Path(ckpt_path) / ".metadata").is_file())
-        ):
-            raise UserError(
-                f"--ckpt_path {ckpt_path} does not exist; give a .ckpt file, or 'last' to resume this run"
-            )
-        if subcommand == "fit" and dirpath and not ckpt_path and any(Path(dirpath).glob("*.ckpt")):
-            raise UserError(
-                f"checkpoint.dirpath {dirpath} already holds checkpoints of an earlier run; choose an empty "
-                "folder, or resume that run with --ckpt_path last"
-            )
-
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = self._default_loggers(trainer_config.get("default_root_dir") or "runs")
+            kwargs["logger"] = runs.default_loggers(
+                trainer_config.get("default_root_dir") or "runs", self._run_name
+            )
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep any other plugin a config chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         self._ema_best = keep_best_per_weights(trainer)  # with EMA: a best-raw and a best-EMA checkpoint
-        self._refuse_an_earlier_runs_folder(trainer)
-        return trainer
-
-    def _refuse_an_earlier_runs_folder(self, trainer) -> None:
-        # The default loggers always start a new version folder, but a logger with a fixed version (or none:
-        # then runs log into default_root_dir) reuses one. Lightning's config saver would refuse only once the
-        # run has started, and the failed run's CSVLogger would then delete the earlier run's metrics.csv.
-        if not self.save_config_callback:
-            return
-        config_file = Path(trainer.log_dir) / self.save_config_kwargs.get("config_filename", "config.yaml")
-        if config_file.is_file():
-            raise UserError(
-                f"{config_file} already exists: that folder holds an earlier run, which this one would "
-                "overwrite; set another --trainer.default_root_dir or --run_name, or a new logger version"
+        if self.save_config_callback:
+            runs.refuse_an_earlier_runs_folder(
+                trainer.log_dir, self.save_config_kwargs.get("config_filename", "config.yaml")
             )
-
-    def _default_loggers(self, root: str) -> list[Logger]:
-        """CSV always (notebooks read its metrics.csv); TensorBoard beside it, same folder, when installed."""
-        csv_logger = CSVLogger(root, name=self._run_name)  # next free version_N: earlier runs stay untouched
-        loggers: list[Logger] = [csv_logger]
-        try:
-            from lightning.pytorch.loggers import TensorBoardLogger
-
-            importlib.import_module("tensorboard")
-            loggers.append(TensorBoardLogger(root, name=self._run_name, version=csv_logger.version))
-        except ImportError:
-            pass
-        return loggers
+        return trainer
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -220,26 +191,6 @@ class ConvNeXtCLI(LightningCLI):
             lines.append(f"Last checkpoint:  {trainer.checkpoint_callback.last_model_path or '-'}")
         lines.append(f"Logs and config:  {log_dir}")
         print("\n".join(lines), flush=True)
-
-
-def _last_checkpoint(config, dirpath: str | None) -> Path:
-    """The newest ``last*.ckpt`` of the run name's versions (or of ``checkpoint.dirpath``, when set)."""
-    run_dir = Path(config.trainer.get("default_root_dir") or "runs") / _run_name(config)
-    candidates = [path for path in [find_last_checkpoint(run_dir)] if path is not None]
-    if dirpath:
-        candidates += Path(dirpath).glob("last*.ckpt")
-    if not candidates:
-        raise UserError(
-            f"--ckpt_path last found no last.ckpt under {run_dir}/version_*/checkpoints; start the run without "
-            "--ckpt_path, or give --run_name / --trainer.default_root_dir of the run to resume"
-        )
-    return max(candidates, key=lambda path: path.stat().st_mtime)
-
-
-def _run_name(config) -> str:
-    """``--run_name``, else the first config file's name, else "default"."""
-    paths = config.get("config") or []
-    return config.get("run_name") or (Path(str(paths[0])).stem if paths else "default")
 
 
 def _check_config_files(args: list[str]) -> None:
