@@ -139,3 +139,48 @@ def test_sync_batchnorm_on_a_gpu(tmp_path):
          f"--trainer.callbacks.init_args.folder={report}"]
     )  # fmt: skip
     assert (report / "rank0.txt").read_text().startswith("SyncBatchNorm 1")
+
+
+def test_pretrained_backbone_and_released_layout_load_in_setup(tmp_path):
+    from convnext_pl.models import create_model
+    from convnext_pl.models.upernet import create_upernet
+    from convnext_pl.tasks.segmentation import SemanticSegmenter
+
+    imagenet = create_model("convnext_atto")
+    torch.save({"model": imagenet.state_dict()}, tmp_path / "atto_in1k.pth")
+    task = SemanticSegmenter(
+        create_upernet("convnext_atto", 5, channels=16), pretrained_backbone=str(tmp_path / "atto_in1k.pth")
+    )
+    task.setup("fit")
+    assert torch.equal(task.net.backbone.stages[2][3].pwconv1.weight, imagenet.stages[2][3].pwconv1.weight)
+
+    released = create_upernet("convnext_atto", 5, channels=16)
+    torch.save({"state_dict": released.state_dict(), "meta": {"iter": 160000}}, tmp_path / "upernet.pth")
+    task = SemanticSegmenter(
+        create_upernet("convnext_atto", 5, channels=16), pretrained=str(tmp_path / "upernet.pth")
+    )
+    task.setup("validate")
+    assert torch.equal(task.net.decode_head.conv_seg.weight, released.decode_head.conv_seg.weight)
+
+
+@pytest.mark.parametrize(
+    "size,decay_type,num_layers,drop_path", [("tiny", "stage_wise", 6, 0.4), ("base", "layer_wise", 12, 0.4)]
+)
+def test_ade20k_configs_carry_the_official_recipe(size, decay_type, num_layers, drop_path):
+    import yaml
+
+    config = yaml.safe_load((EXPERIMENTS / f"ade20k_upernet_convnext_{size}.yaml").read_text())
+    model, data, trainer = config["model"]["init_args"], config["data"]["init_args"], config["trainer"]
+    assert (model["decay_type"], model["num_layers"], model["layer_decay"]) == (decay_type, num_layers, 0.9)
+    assert model["net"]["init_args"]["drop_path_rate"] == drop_path
+    assert (model["lr"], model["lr_reference_batch"], model["warmup_steps"]) == (1e-4, 16, 1500)
+    assert (data["batch_size"] * trainer["devices"], trainer["max_steps"], data["crop_size"]) == (
+        16,
+        160000,
+        [512, 512],
+    )
+    assert (model["inference"], model["slide_stride"], trainer["sync_batchnorm"]) == (
+        "slide",
+        [341, 341],
+        True,
+    )
