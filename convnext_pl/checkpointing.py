@@ -14,7 +14,6 @@ import os
 import pickle
 import sys
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +107,7 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-class RunCheckpoint(ModelCheckpoint):
+class ResumableCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` for runs that can be interrupted: the best checkpoints per epoch as usual, plus a
     ``last.ckpt`` that is always the newest state of the run.
 
@@ -246,23 +245,23 @@ class RunCheckpoint(ModelCheckpoint):
         )
 
 
-def keep_best_per_weights(trainer: pl.Trainer) -> RunCheckpoint | None:
+def keep_best_per_weights(trainer: pl.Trainer) -> ResumableCheckpoint | None:
     """With the ``EMA`` callback on, keep a best checkpoint for each set of weights, as the official code does
     (``checkpoint-best.pth`` by the model's accuracy, ``checkpoint-best-ema.pth`` by the EMA's: ``main.py`` of
-    facebookresearch/ConvNeXt). The trainer's ``RunCheckpoint`` then names its files ``raw-...`` (chosen by
+    facebookresearch/ConvNeXt). The trainer's ``ResumableCheckpoint`` then names its files ``raw-...`` (chosen by
     ``val/*``, raw weights in ``state_dict``), and an added one names its files ``ema-...`` (chosen by the same
     metric of the EMA weights, ``val_ema/*``, which ``state_dict`` holds). Returns the added callback, or None
     when EMA is off or the trainer's checkpoint does not rank by a ``val/*`` metric."""
     main = trainer.checkpoint_callback
     if (
         not any(isinstance(callback, EMA) for callback in trainer.callbacks)
-        or not isinstance(main, RunCheckpoint)
+        or not isinstance(main, ResumableCheckpoint)
         or not (main.monitor or "").startswith(RAW_METRICS_PREFIX)
         or main.save_top_k == 0
     ):
         return None
     filename = main.filename or "{epoch}-{step}"  # Lightning's default name
-    ema_best = RunCheckpoint(
+    ema_best = ResumableCheckpoint(
         dirpath=main.dirpath,
         filename="ema-" + filename.replace("{" + RAW_METRICS_PREFIX, "{" + EMA_METRICS_PREFIX),
         monitor=EMA_METRICS_PREFIX + main.monitor.removeprefix(RAW_METRICS_PREFIX),
@@ -291,18 +290,3 @@ def find_last_checkpoint(run_dir: str | Path) -> Path | None:
     pattern = os.path.join(glob.escape(str(run_dir)), "version_*", "checkpoints", "last*.ckpt")
     candidates = [Path(p) for p in glob.glob(pattern)]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
-
-
-def first_state_mismatch(saved: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str:
-    """The first key, in the model's order, missing from ``saved`` or of another shape; then any extra key;
-    an empty string when the two state dicts fit."""
-    for key, tensor in expected.items():
-        if key not in saved:
-            return f"'{key}' is missing from the checkpoint"
-        if tuple(saved[key].shape) != tuple(tensor.shape):
-            return (
-                f"'{key}' has shape {tuple(saved[key].shape)} in the checkpoint but {tuple(tensor.shape)} "
-                "in the model"
-            )
-    extra = next((key for key in saved if key not in expected), None)
-    return f"'{extra}' in the checkpoint is not a parameter of the model" if extra else ""

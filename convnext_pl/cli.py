@@ -27,12 +27,13 @@ from convnext_pl import runs
 from convnext_pl.callbacks import TopKPredictionWriter
 from convnext_pl.checkpointing import (
     AtomicCheckpointIO,
-    RunCheckpoint,
+    ResumableCheckpoint,
     checkpoint_load_error,
     keep_best_per_weights,
 )
 from convnext_pl.errors import PARSER_HINT, UserError, exit_with_error, one_line_errors, parser_error_line
-from convnext_pl.reliability import NonFiniteLossGuard, StepSeeding
+from convnext_pl.guards import NonFiniteLossGuard
+from convnext_pl.seeding import StepSeeding
 
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM (143)
 
@@ -83,7 +84,7 @@ class ConvNeXtCLI(LightningCLI):
             "they refuse to run without --ckpt_path or pretrained weights.",
         )
         # Callback groups are always added, whatever trainer.callbacks a config sets.
-        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite_loss")
         parser.add_lightning_class_args(StepSeeding, "step_seeding")
         parser.set_defaults(

@@ -14,8 +14,8 @@ from timm.data import Mixup
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from convnext_pl.checkpointing import first_state_mismatch
 from convnext_pl.errors import UserError
+from convnext_pl.models.state_dict import first_state_mismatch
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_cosine
 from convnext_pl.parallel import ShardUnit, fully_shard_network
 
@@ -196,7 +196,11 @@ class ImageClassifier(LightningModule):
         # of another model or class count (a --ckpt_path of another run, a changed config) gets one sentence.
         self._pretrained_loaded = True  # the checkpoint's weights, not `pretrained`, are the ones to keep
         state = checkpoint.get("state_dict")  # absent in distributed checkpoints, which load themselves
-        problem = first_state_mismatch(state, self.state_dict()) if state and self.strict_loading else ""
+        problem = (
+            first_state_mismatch(state, self.state_dict(), source="checkpoint")
+            if state and self.strict_loading
+            else ""
+        )
         if problem:
             path = self._trainer.ckpt_path if self._trainer is not None else "being loaded"
             raise UserError(

@@ -112,7 +112,7 @@ def build_optimizer(
         group["lr"] = lr * group["lr_scale"]
     try:
         # fused: one kernel per step, and it takes a `found_inf` flag on the device, through which the NaN guard
-        # (convnext_pl.reliability.NonFiniteLossGuard) skips a non-finite step without a host-device sync.
+        # (convnext_pl.guards.NonFiniteLossGuard) skips a non-finite step without a host-device sync.
         return AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
     except ValueError as err:  # torch.optim validates its hyperparameters: "Invalid learning rate: -0.1"
         p = config_prefix

@@ -14,7 +14,7 @@ from helpers import DIGITS, QUIET, quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from convnext_pl.callbacks import EMA, EMA_STATE_KEY
-from convnext_pl.checkpointing import RunCheckpoint
+from convnext_pl.checkpointing import ResumableCheckpoint
 from convnext_pl.cli import cli_main
 from convnext_pl.errors import UserError
 
@@ -60,7 +60,7 @@ def _loader() -> DataLoader:
 
 
 def _fit(tmp_path: Path, *callbacks: pl.Callback, max_epochs: int = 3, **trainer_kwargs) -> pl.Trainer:
-    checkpointing = any(isinstance(callback, RunCheckpoint) for callback in callbacks)
+    checkpointing = any(isinstance(callback, ResumableCheckpoint) for callback in callbacks)
     trainer = quiet_trainer(
         tmp_path,
         max_epochs=max_epochs,
@@ -89,8 +89,10 @@ def _ema_weights(ema: EMA) -> dict:
     }
 
 
-def _best_checkpoint(tmp_path: Path) -> RunCheckpoint:
-    return RunCheckpoint(dirpath=tmp_path, monitor="val/score", mode="max", save_last=True, filename="best")
+def _best_checkpoint(tmp_path: Path) -> ResumableCheckpoint:
+    return ResumableCheckpoint(
+        dirpath=tmp_path, monitor="val/score", mode="max", save_last=True, filename="best"
+    )
 
 
 def test_last_ckpt_is_the_final_state_when_the_monitored_metric_got_worse(tmp_path):
@@ -112,7 +114,7 @@ def test_last_ckpt_is_refreshed_every_n_steps_and_at_the_end_of_a_run_stopped_mi
             if (tmp_path / "last.ckpt").exists():
                 steps_seen.append(_load(tmp_path / "last.ckpt")["global_step"])
 
-    checkpoint = RunCheckpoint(
+    checkpoint = ResumableCheckpoint(
         every_n_train_steps=2, dirpath=tmp_path, monitor="val/score", mode="max", save_last=True
     )
     trainer = _fit(tmp_path, _Record(), checkpoint, max_epochs=3, max_steps=5)
@@ -132,7 +134,7 @@ def test_with_ema_last_ckpt_holds_the_final_ema_and_raw_weights(tmp_path):
 
 def test_with_ema_a_best_checkpoint_by_a_raw_metric_stores_the_raw_weights_and_resumes_both(tmp_path):
     ema, raw = EMA(decay=0.5), _RawWeightsAtTheEnd()
-    checkpoint = RunCheckpoint(
+    checkpoint = ResumableCheckpoint(
         dirpath=tmp_path, monitor="val/score", mode="min", save_last=True, filename="best"
     )
     _fit(tmp_path, raw, ema, checkpoint)  # mode min: the best is the final epoch, whose weights are known
@@ -158,7 +160,7 @@ def test_with_ema_a_best_checkpoint_by_a_raw_metric_stores_the_raw_weights_and_r
 
 def test_save_last_link_is_refused():
     with pytest.raises(UserError, match="save_last true"):
-        RunCheckpoint(save_last="link")
+        ResumableCheckpoint(save_last="link")
 
 
 def _score_in_name(path: str) -> float:

@@ -15,7 +15,7 @@ from helpers.callbacks import PoisonBatches
 from convnext_pl import checkpointing
 from convnext_pl.checkpointing import PARTIAL_PREFIX, AtomicCheckpointIO
 from convnext_pl.cli import cli_main
-from convnext_pl.reliability import NonFiniteLossGuard
+from convnext_pl.guards import NonFiniteLossGuard
 
 # One digits epoch of 5 batches of 16: the run the loss-guard tests poison.
 FIT = [

@@ -14,8 +14,8 @@ from helpers import DIGITS, QUIET, run_main
 from torch.utils.data import Dataset
 
 from convnext_pl.checkpointing import find_last_checkpoint
-from convnext_pl.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples, derive_seed
-from convnext_pl.reliability import StepSeeding
+from convnext_pl.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
+from convnext_pl.seeding import StepSeeding, derive_seed
 
 # 2 epochs of 4 batches; last.ckpt every 3 steps (3 and 6 are mid-epoch). Every source of randomness of the recipe
 # is on: augmentation (torch), drop path (torch), Mixup/CutMix (numpy), and EMA state to restore.

@@ -1,7 +1,6 @@
 """The base every classification data module shares: argument storage, the four loaders, and prediction
 over a folder of loose images."""
 
-import os
 from collections.abc import Callable, Sequence
 
 import lightning as L
@@ -13,6 +12,7 @@ from convnext_pl.data.batch_augment import NormalizeErase
 from convnext_pl.data.images import ImagePathDataset
 from convnext_pl.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
 from convnext_pl.errors import UserError
+from convnext_pl.seeding import run_seed
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -129,8 +129,7 @@ class ClassificationDataModule(L.LightningDataModule):
             dataset,
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
-            # The --seed_everything value, read as Lightning's own DistributedSampler reads it (0 when unseeded).
-            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            seed=run_seed(),
         )
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):

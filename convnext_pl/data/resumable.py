@@ -18,69 +18,12 @@ Written here because torch's ``DistributedSampler`` cannot start mid-epoch and n
 torchdata's ``StatefulDataLoader`` restores worker RNG states instead, but is not a dependency of this project.
 """
 
-import contextlib
 import itertools
-import random
 from collections.abc import Iterator
 
-import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    # The SplitMix64 finaliser (Steele et al., 2014): every input bit flips about half of the output bits.
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def derive_seed(*keys: int) -> int:
-    """A well-mixed 32-bit seed from integer keys, e.g. ``(seed, epoch, index)``; the same keys give the same seed.
-
-    32 bits because numpy's and python's legacy seeding and torch's CPU generator (Mersenne Twister) use that many.
-    """
-    state = 0
-    for key in keys:
-        state = _splitmix64(state ^ (key & _MASK64))
-    return state >> 32
-
-
-def seed_all(seed: int) -> None:
-    """Seed torch (CPU and every accelerator), numpy's and python's global generators with ``seed``."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-@contextlib.contextmanager
-def seeded_cpu_generators(seed: int, restore: bool = True) -> Iterator[None]:
-    """Run the block with torch's CPU generator, numpy's and python's global generators seeded with ``seed``
-    (accelerator generators are left alone).
-
-    Args:
-        seed: the seed.
-        restore: put the generators back in their previous states afterwards.
-    """
-    if restore:
-        torch_state, numpy_state, python_state = (
-            torch.get_rng_state(),
-            np.random.get_state(),
-            random.getstate(),
-        )
-    torch.random.default_generator.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        if restore:
-            torch.set_rng_state(torch_state)
-            np.random.set_state(numpy_state)
-            random.setstate(python_state)
+from convnext_pl.seeding import derive_seed, seeded_cpu_generators
 
 
 class ResumableSampler(DistributedSampler):

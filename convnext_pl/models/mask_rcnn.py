@@ -174,9 +174,9 @@ def load_detection_checkpoint(model: GeneralizedRCNN, source: str | Path) -> Gen
     """
     from convnext_pl.models.conversions import mmdet_mask_rcnn_to_torchvision
     from convnext_pl.models.download import resolve
-    from convnext_pl.models.pretrained import _first_mismatch as first_mismatch
     from convnext_pl.models.pretrained import _read_state_dict as read_state_dict
     from convnext_pl.models.pretrained import to_official_names
+    from convnext_pl.models.state_dict import first_state_mismatch as first_mismatch
 
     path = resolve(source).path
     state = to_official_names(read_state_dict(path))  # drops a Lightning checkpoint's `net.` prefix

@@ -18,7 +18,7 @@ import pickle
 import re
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from convnext_pl.errors import UserError
 from convnext_pl.models.catalogue import CATALOGUE, IN22K_CLASSES, Weights, list_weights
 from convnext_pl.models.conversions import fcmae_to_convnextv2, is_fcmae
 from convnext_pl.models.download import resolve
+from convnext_pl.models.state_dict import first_state_mismatch as _first_mismatch
 
 # timm name -> official name, applied in order to every key of a timm state dict (docs/paper.md §2).
 TIMM_TO_OFFICIAL: list[tuple[str, str]] = [
@@ -248,21 +249,6 @@ def _is_safetensors(path: Path) -> bool:
 
 def _is_head(key: str) -> bool:
     return key.startswith("head.")
-
-
-def _first_mismatch(
-    state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], selected: Callable[[str], bool]
-) -> str:
-    """The first key, in the model's order, that is missing or has another shape; then any unexpected key."""
-    for key, expected in target.items():
-        if not selected(key):
-            continue
-        if key not in state:
-            return f"'{key}' is missing from the file"
-        if state[key].shape != expected.shape:
-            return f"'{key}' has shape {tuple(state[key].shape)} in the file but {tuple(expected.shape)} in the model"
-    unexpected = [key for key in state if selected(key) and key not in target]
-    return f"'{unexpected[0]}' in the file is not a parameter of the model" if unexpected else ""
 
 
 # ---------------------------------------------------------------------------------------------- command line

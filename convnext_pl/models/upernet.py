@@ -22,9 +22,9 @@ from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import ConvNeXtBackbone, create_backbone
 
 # The safe reader and the key check of the classification loader (same package): one way to read weights.
-from convnext_pl.models.pretrained import _first_mismatch as first_mismatch
 from convnext_pl.models.pretrained import _read_state_dict as read_state_dict
 from convnext_pl.models.pretrained import to_official_names
+from convnext_pl.models.state_dict import first_state_mismatch as first_mismatch
 
 
 def conv_module(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:

@@ -1,11 +1,10 @@
-"""Training-time safeguards: randomness that a resumed run reproduces exactly, and a stop (or skip) when the
-loss stops being a number.
+"""Guards of a training run: a step whose loss or gradients stop being numbers changes no weight, and the run
+stops (or goes on skipping such steps) naming the step.
 
-Checkpointing lives in :mod:`convnext_pl.checkpointing`, the data side of exact resumption in
-:mod:`convnext_pl.data.resumable`.
+Resuming lives in :mod:`convnext_pl.checkpointing` (checkpoints), :mod:`convnext_pl.seeding` (randomness) and
+:mod:`convnext_pl.data.resumable` (the data position).
 """
 
-import os
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -13,40 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from convnext_pl.data.resumable import derive_seed, seed_all
 from convnext_pl.errors import UserError
-
-
-class StepSeeding(Callback):
-    """Seeds torch, numpy and python's global generators at every training batch from
-    ``(seed, rank, epoch, batch)``.
-
-    Drop-path masks, Mixup/CutMix draws (timm draws them from numpy) and any other randomness of a training
-    step then depend only on where the step is in training. A run resumed from a checkpoint draws exactly what
-    the uninterrupted run drew, with no generator state in the checkpoint: saving states would not be enough,
-    since their position also depends on what ran before the step (data loading, sanity checks).
-    Each rank gets its own stream.
-
-    Args:
-        seed: base seed; None takes the run's ``--seed_everything`` value (``PL_GLOBAL_SEED``; 0 when unseeded).
-            A resumed run keeps the seed saved in its checkpoint.
-    """
-
-    def __init__(self, seed: int | None = None):
-        self.seed = seed
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.seed is None:
-            self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int):
-        seed_all(derive_seed(self.seed, trainer.global_rank, trainer.current_epoch, batch_idx))
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.seed = state_dict["seed"]
 
 
 class NonFiniteLossError(UserError):
