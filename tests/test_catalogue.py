@@ -73,7 +73,7 @@ def test_isotropic_entries_have_the_readmes_parameter_count(name):
 
 
 def test_22k_entries_have_21841_class_heads_and_1k_entries_1000():
-    for entry in CATALOGUE.values():
+    for entry in list_weights(task="classification"):
         head = _meta_shapes(entry.name).get("head.weight")
         expected = {"imagenet-22k": IN22K_CLASSES, "imagenet-1k": 1000, "none": None}[entry.label_set]
         assert (head[0] if head is not None else None) == expected, entry.name

@@ -260,12 +260,14 @@ def _format_table(entries: list[Weights]) -> str:
         if key not in params:
             with torch.device("meta"):  # counts without allocating or initialising
                 params[key] = sum(p.numel() for p in entry.build().parameters())
+        # top-1 for classification; a dense-prediction file shows its first figure with the metric's name
+        metric, value = next(iter(entry.reported.items()), (None, None))
         top1 = entry.reported.get("top1")
         rows.append((
             entry.name,
             f"{params[key] / 1e6:.1f}M",
             str(entry.image_size),
-            f"{top1:.1f}" if top1 is not None else "-",
+            f"{top1:.1f}" if top1 is not None else f"{value:.1f} {metric}" if value is not None else "-",
             str(entry.num_classes or "-"),
             f"hf-hub:{entry.hf_hub_id}" if entry.hf_hub_id else entry.url,  # what a load by name downloads
         ))  # fmt: skip
