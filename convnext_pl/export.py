@@ -6,12 +6,10 @@ The network is rebuilt from the checkpoint's own ``hyper_parameters`` (the ``mod
 loaded with the checkpoint's ``state_dict`` and exported in eval mode, without the LightningModule around it.
 When training used the ``EMA`` callback, ``state_dict`` of ``last.ckpt`` and of the best-EMA file (``ema-*.ckpt``)
 holds the EMA weights (the raw ones are kept under ``current_model_state``), so their export is the EMA model, the
-one the paper evaluates; the best-raw file (``raw-*.ckpt``) holds the raw weights (see ``ResumableCheckpoint``).
+one the paper evaluates; the best-raw file (``raw-*.ckpt``) holds the raw weights (see ``RunCheckpoint``).
 """
 
-import argparse
 import json
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +19,7 @@ import torch.nn as nn
 from lightning.pytorch.cli import instantiate_class
 from safetensors.torch import save_file
 
-from convnext_pl.errors import UserError
+from convnext_pl.errors import OneLineArgumentParser, UserError, one_line_errors
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 DEFAULT_IMAGE_SIZE = 224  # used when the checkpoint does not record its data's image size
@@ -166,16 +164,9 @@ def export(
     return out
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit code 2, like the training CLI."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message}; see --help.\n")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m convnext_pl.export --ckpt PATH --format FORMAT --out FILE``."""
-    parser = _OneLineParser(
+    parser = OneLineArgumentParser(
         prog="python -m convnext_pl.export",
         description=(
             "Export the network of a checkpoint from `python main.py fit` for inference. The checkpoint's "
@@ -200,11 +191,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors():
         path = export(args.ckpt, args.format, args.out, args.image_size, args.overwrite)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
     print(f"Wrote {args.format} export to {path}")
 
 

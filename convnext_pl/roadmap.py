@@ -15,15 +15,13 @@ from collections.abc import Sequence
 import torch
 
 from convnext_pl.analysis.roadmap import format_table, markdown_table, plot, step_table, write_csv
-from convnext_pl.errors import UserError
+from convnext_pl.errors import OneLineArgumentParser, UserError, one_line_errors
 from convnext_pl.ladder import LADDER_COLUMNS, run_ladder, step_names
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The report's options, and the ``train`` subcommand's; unknown ``train`` options go to the project's CLI."""
-    parser = argparse.ArgumentParser(
-        prog="python -m convnext_pl.roadmap", description=__doc__.split("\n\n")[0]
-    )
+    parser = OneLineArgumentParser(prog="python -m convnext_pl.roadmap", description=__doc__.split("\n\n")[0])
     parser.add_argument("--csv", help="also write the report as CSV to this file")
     parser.add_argument("--plot", help="also draw the Figure-2-style chart to this PNG file")
     commands = parser.add_subparsers(dest="command")
@@ -60,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    rows = run_ladder(args.config, args.epochs, names, args.out, args.width_multiplier, extra)
+    with one_line_errors():
+        rows = run_ladder(args.config, args.epochs, names, args.out, args.width_multiplier, extra)
     print(markdown_table(rows, LADDER_COLUMNS))
     print(f"\n{len(rows)} steps in {time.perf_counter() - start:.0f} s; table and chart in {args.out}")
 
