@@ -244,8 +244,37 @@ def _segmentation_entries() -> Iterator[Weights]:
         )
 
 
+def _detection_entries() -> Iterator[Weights]:
+    # Mask R-CNN on COCO (docs/paper.md §6), facebookresearch/ConvNeXt object_detection/README.md. The README's
+    # Cascade Mask R-CNN files need a cascade head this project does not build, so they are not listed.
+    yield Weights(
+        name="mask_rcnn_convnext_tiny.coco_3x",
+        task="detection",
+        arch=Arch(
+            "convnext_pl.models.mask_rcnn.create_mask_rcnn", {"backbone": "convnext_tiny", "num_classes": 80}
+        ),
+        num_classes=80,
+        label_set="coco",
+        image_size=800,
+        crop_pct=1.0,
+        recipe="Mask R-CNN 3x (36 epochs), multi-scale 480-800, AdamW, from ImageNet-1K (docs/paper.md §6)",
+        reported=MappingProxyType({"box_AP": 46.2, "mask_AP": 41.7}),
+        reported_at="COCO val2017, single scale, shorter side 800 (long side <= 1333)",
+        url=f"{OFFICIAL}/coco/mask_rcnn_convnext_tiny_1k_3x.pth",
+        source="facebookresearch/ConvNeXt object_detection/README.md",
+        note="mmdet 2.x layout: load_detection_checkpoint converts it (docs/detection.md)",
+    )
+
+
 CATALOGUE: dict[str, Weights] = {
-    w.name: w for w in (*_v1_entries(), *_v2_entries(), *_timm_entries(), *_segmentation_entries())
+    w.name: w
+    for w in (
+        *_v1_entries(),
+        *_v2_entries(),
+        *_timm_entries(),
+        *_segmentation_entries(),
+        *_detection_entries(),
+    )
 }
 
 
