@@ -66,7 +66,11 @@ def test_fit_writes_checkpoints_and_logs_miou(fitted):
 def test_validate_and_predict_from_the_checkpoint(fitted):
     root, run = fitted
     ckpt = str(run / "checkpoints" / "last.ckpt")
-    cli = cli_main(["validate", *_args(root), *CPU, f"--ckpt_path={ckpt}"])
+    # The run's own checkpoint as `pretrained`: the evaluation settings given here apply (--ckpt_path would
+    # restore the model arguments saved in the checkpoint over them); multi-scale + flip from the command line.
+    ms_flip = ["--model.init_args.test_scales=[0.75,1.0,1.25]", "--model.init_args.flip=true"]
+    cli = cli_main(["validate", *_args(root), *CPU, f"--model.init_args.pretrained={ckpt}", *ms_flip])
+    assert cli.model.hparams.flip and len(cli.model.hparams.test_scales) == 3
     assert 0.0 <= float(cli.trainer.callback_metrics["val/mIoU"]) <= 100.0
     images = root / "scenes" / "ADEChallengeData2016" / "images" / "validation"
     cli = cli_main(
