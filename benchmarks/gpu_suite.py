@@ -128,7 +128,7 @@ def data_throughput(dry_run: bool, out: Path) -> dict:
 def table(tests: dict, training: dict[str, dict], data: dict) -> list[str]:
     """The suite's one table, as lines."""
     rows = [f"{'measurement':<44}{'value':>24}", "-" * 68]
-    rows.append(f"{'gpu-marked tests':<44}{tests['summary'][:24]:>24}")
+    rows.append(f"{'gpu-marked tests':<24}{tests['summary'][:44]:>44}")
     best = None
     for mode, step in training.items():
         result = step["result"] or {}
@@ -138,8 +138,9 @@ def table(tests: dict, training: dict[str, dict], data: dict) -> list[str]:
             rows.append(f"{f'train img/s, {path}, {mode}':<44}{text:>24}")
             if path == "lightning" and rate is not None:
                 best = max(best or 0.0, rate)
-        memory = result.get("peak_memory_mib")
-        rows.append(f"{f'peak memory MiB, {mode}':<44}{json.dumps(memory)[:24]:>24}")
+        memory = result.get("peak_memory_mib") or {}
+        for path, mib in memory.items() if isinstance(memory, dict) else [("all paths", memory)]:
+            rows.append(f"{f'peak memory MiB, {path}, {mode}':<44}{mib:>24.0f}")
     report = data["result"] or {}
     for item in report.get("results", []):
         label = f"{item['data']}, {item['workers']} workers, img/s"

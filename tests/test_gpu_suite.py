@@ -26,5 +26,10 @@ def test_gpu_suite_dry_run_runs_every_step_and_prints_the_table(tmp_path):
     assert data["stages"]["ratio"] > 0
     table = "\n".join(report["table"])
     assert "DRY RUN" in done.stdout and table in done.stdout
-    for row in ("train img/s, lightning, compiled", "peak memory MiB, eager", "cores per GPU at", "per core"):
+    for row in (
+        "train img/s, lightning, compiled",
+        "peak memory MiB, timm, eager",
+        "cores per GPU at",
+        "per core",
+    ):
         assert row in table
