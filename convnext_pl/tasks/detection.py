@@ -187,7 +187,9 @@ class MaskRCNNDetector(LightningModule):
             f"{names[i - 1] if names else i} {s:.2f}"
             for i, s in zip(pred["labels"][keep].tolist(), pred["scores"][keep].tolist(), strict=True)
         ]
-        if self.has_masks and keep.any():
+        if not keep.any():
+            return canvas  # nothing above the threshold: the image as it is
+        if self.has_masks:
             canvas = draw_segmentation_masks(canvas, pred["masks"][keep].cpu(), alpha=0.45)
         return draw_bounding_boxes(canvas, pred["boxes"][keep].cpu(), labels=labels, width=2)
 
