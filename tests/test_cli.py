@@ -9,7 +9,11 @@ from helpers import CONFIGS, CPU, DIGITS, EXPERIMENTS, QUIET
 
 from convnext_pl.cli import ConvNeXtCLI, cli_main
 
-EXPERIMENT_FILES = sorted(EXPERIMENTS.glob("*.yaml"))
+# Classification experiments; the dense-prediction tasks (segmentation, detection) drive their own configs in
+# their test files (GPU recipes parsed, the synthetic ones trained), since these tests swap in classification data.
+EXPERIMENT_FILES = sorted(
+    p for p in EXPERIMENTS.glob("*.yaml") if "class_path: convnext_pl.ImageClassifier" in p.read_text()
+)
 SYNTHETIC = json.dumps(
     {
         "class_path": "convnext_pl.data.SyntheticDataModule",
