@@ -11,6 +11,7 @@ from lightning import Callback
 from PIL import Image
 
 from convnext_pl.cli import cli_main
+from convnext_pl.errors import UserError
 from convnext_pl.tasks.segmentation import iou_from_confusion
 
 pytestmark = pytest.mark.xdist_group("segmentation_run")  # the module fixture trains once
@@ -188,3 +189,13 @@ def test_ade20k_configs_carry_the_official_recipe(size, decay_type, num_layers, 
         [341, 341],
         True,
     )
+
+
+def test_checkpoint_of_another_class_count_is_one_sentence():
+    from convnext_pl.models.upernet import create_upernet
+    from convnext_pl.tasks.segmentation import SemanticSegmenter
+
+    saved = SemanticSegmenter(create_upernet("convnext_atto", 7, channels=16)).state_dict()
+    task = SemanticSegmenter(create_upernet("convnext_atto", 5, channels=16))
+    with pytest.raises(UserError, match=r"'net\.decode_head\.conv_seg\.weight' has shape \(7, 16, 1, 1\)"):
+        task.on_load_checkpoint({"state_dict": saved})

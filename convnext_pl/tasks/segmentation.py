@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from convnext_pl.data.seg_transforms import IGNORE_INDEX
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import DECAY_TYPES, dense_layer_ids
+from convnext_pl.models.state_dict import first_state_mismatch
 from convnext_pl.models.upernet import resize
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_poly
 from convnext_pl.tasks.inference import InferenceMode, segment
@@ -129,6 +130,19 @@ class SemanticSegmenter(LightningModule):
             load_segmentation_checkpoint(self.net, self.hparams.pretrained)
             self._pretrained_loaded = True
             rank_zero_info(f"Loaded segmentation weights from {self.hparams.pretrained}")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Before the weights load: a checkpoint of another backbone or class count is one sentence, not the
+        # list load_state_dict prints; its weights, not `pretrained`, are the ones to keep.
+        self._pretrained_loaded = True
+        state = checkpoint.get("state_dict")
+        problem = first_state_mismatch(state, self.state_dict(), source="checkpoint") if state else ""
+        if problem:
+            path = self._trainer.ckpt_path if self._trainer is not None else "being loaded"
+            raise UserError(
+                f"checkpoint {path} does not fit this model: {problem}; resume with the model and data settings "
+                "it was trained with (the config.yaml of its run)"
+            )
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
