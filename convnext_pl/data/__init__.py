@@ -6,13 +6,14 @@ training loader of the fast input path (``fast_pipeline: true``): ``(uint8 image
 the module's batch-transfer hooks turn into the float pair on the device (``batch_augment.py``).
 """
 
-from convnext_pl.data.ade20k import ADE20KDataModule, SegmentationFolderDataModule, SyntheticScenesDataModule
+from convnext_pl.data.ade20k import ADE20KDataModule, SyntheticScenesDataModule
 from convnext_pl.data.base import ClassificationDataModule
 from convnext_pl.data.cifar import CIFARDataModule
 from convnext_pl.data.coco import COCODataModule, COCOShapesDataModule
 from convnext_pl.data.digits import DigitsDataModule
 from convnext_pl.data.folder import ImageFolderDataModule
 from convnext_pl.data.imagenet import ImageNetDataModule
+from convnext_pl.data.seg_folder import SegmentationFolderDataModule
 from convnext_pl.data.synthetic import SyntheticDataModule
 from convnext_pl.data.transforms import eval_transform, small_image_train_transform, train_transform
 
