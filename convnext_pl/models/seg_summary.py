@@ -45,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'UperNet backbone':<18} {'input':>9} {'parameters':>13} {'GFLOPs':>9}   published")
     try:
         for name in rows:
-            size, params_m, gflops = PUBLISHED.get(name, ((2048, 512), None, None))
-            size = tuple(args.size) if args.size else size
+            published_size, params_m, gflops = PUBLISHED.get(name, ((2048, 512), None, None))
+            size = tuple(args.size) if args.size else published_size
             params, measured = seg_summary(name, args.num_classes, size)
-            published = f"{params_m}M, {gflops}G" if params_m and args.num_classes == 150 else "-"
+            comparable = params_m and args.num_classes == 150 and size == published_size
+            published = f"{params_m}M, {gflops}G" if comparable else "-"
             print(
                 f"{name:<18} {size[0]:>4}x{size[1]:<4} {params:>13,} {measured:>9.1f}   {published}",
                 flush=True,
