@@ -7,7 +7,11 @@
 
 Three paths train the same variant on the same synthetic batches (``SyntheticDataModule``'s loader):
 
-- ``lightning``: the real ``Trainer.fit`` of ``ImageClassifier`` (logging, checkpointing, validation off);
+- ``lightning``: the trainer ``python main.py fit`` builds (``cli_main(..., run=False)`` on the digits experiment
+  with the synthetic data and the benchmark's model): the CLI's default callbacks (learning-rate monitor, checkpoint
+  policy, NaN guard, step seeding), its CSV/TensorBoard loggers logging every ``--log-every-n-steps``, progress bar
+  and model summary off, validation off; its ``fit`` writes ``last.ckpt`` after the timed window, into a temporary
+  folder;
 - ``bare``: our network in a plain loop with the same AdamW parameter groups, warm-up + cosine schedule,
   precision (autocast, plus a GradScaler for 16-mixed), compile and channels_last;
 - ``timm``: ``timm.create_model(name, pretrained=False)`` in that same plain loop.
@@ -26,6 +30,7 @@ import logging
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,10 +42,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
+from convnext_pl.cli import cli_main
 from convnext_pl.data import SyntheticDataModule
 from convnext_pl.models import create_model
 from convnext_pl.models.flops import count_macs
-from convnext_pl.module import ImageClassifier
 from convnext_pl.optim import build_optimizer, warmup_cosine
 
 PATHS = ("lightning", "bare", "timm")
@@ -149,22 +154,40 @@ class _LightningWindow(L.Callback):
             self.window.stop(self.batch_size)
 
 
-def measure_lightning(module: ImageClassifier, data: SyntheticDataModule, args) -> Window:
+DIGITS = str(Path(__file__).resolve().parents[1] / "configs" / "experiment" / "digits.yaml")
+
+
+def main_py_fit_args(args, root: str) -> list[str]:
+    """The command line of ``python main.py fit`` for the benchmark's model, data and settings."""
+    fields = ("num_classes", "image_size", "train_size", "batch_size")
+    data_config = {
+        "class_path": "convnext_pl.data.SyntheticDataModule",
+        "init_args": {f: getattr(args, f) for f in fields},
+    }
+    net = [
+        "--model.net.init_args.name",
+        args.model,
+        "--model.net.init_args.patch_size",
+        str(args.patch_size or 4),
+    ]
+    return [
+        "--config", DIGITS, "--data", json.dumps(data_config), *net,
+        "--model.channels_last", str(args.channels_last).lower(), "--model.compile", str(args.compile).lower(),
+        "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu", "--trainer.devices", "1",
+        "--trainer.precision", args.precision, "--trainer.max_steps", str(args.warmup + args.steps),
+        "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+        "--trainer.log_every_n_steps", str(args.log_every_n_steps), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", root,
+    ]  # fmt: skip
+
+
+def measure_lightning(args) -> Window:
+    """One ``fit`` of the trainer ``main.py fit`` builds, timed inside by :class:`_LightningWindow`."""
     window = Window(torch.device(args.device), args.steps, args.clock)
-    trainer = L.Trainer(
-        accelerator="gpu" if args.device == "cuda" else "cpu",
-        devices=1,
-        precision=args.precision,
-        max_steps=args.warmup + args.steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[_LightningWindow(window, args.warmup, args.batch_size)],
-    )
-    trainer.fit(module, data)
+    with tempfile.TemporaryDirectory() as root:
+        cli = cli_main(main_py_fit_args(args, root), run=False)
+        cli.trainer.callbacks.append(_LightningWindow(window, args.warmup, args.batch_size))
+        cli.trainer.fit(cli.model, cli.datamodule)
     return window
 
 
@@ -231,10 +254,11 @@ def build(args) -> tuple[dict[str, Callable[[], Window]], dict]:
     model_args = {"num_classes": args.num_classes}
     if args.patch_size is not None:
         model_args["patch_size"] = args.patch_size
+    args.train_size = args.batch_size * (args.warmup + args.steps)
     data = SyntheticDataModule(
         num_classes=args.num_classes,
         image_size=args.image_size,
-        train_size=args.batch_size * (args.warmup + args.steps),
+        train_size=args.train_size,
         batch_size=args.batch_size,
     )
     data.setup("fit")
@@ -245,14 +269,11 @@ def build(args) -> tuple[dict[str, Callable[[], Window]], dict]:
         "params_timm": sum(p.numel() for p in theirs.parameters()),
         "macs_per_image": count_macs(ours, args.image_size),
     }
-    module = ImageClassifier(
-        create_model(args.model, **model_args), lr=LR, channels_last=args.channels_last, compile=args.compile
-    )
     total_steps = (args.repeats + 1) * (args.warmup + args.steps)
     bare = BareLoop(ours.to(device), args, total_steps)
     timm_loop = BareLoop(theirs.to(device), args, total_steps)
     measurements = {
-        "lightning": lambda: measure_lightning(module, data, args),
+        "lightning": lambda: measure_lightning(args),
         "bare": lambda: bare.measure(data.train_dataloader, args.warmup, args.steps, args.batch_size),
         "timm": lambda: timm_loop.measure(data.train_dataloader, args.warmup, args.steps, args.batch_size),
     }
@@ -350,6 +371,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["wall", "thread"],
         default="wall",
         help="images per wall-clock second, or per CPU second of the training thread (CPU only: a shared machine)",
+    )
+    parser.add_argument(
+        "--log-every-n-steps", type=int, default=10, help="the lightning path's logging interval (the demo's)"
     )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
     parser.add_argument(
