@@ -40,6 +40,7 @@ def tiny(root, runs) -> list[str]:
         "--trainer.limit_train_batches", "2",
         "--trainer.check_val_every_n_epoch", "1",
         "--trainer.num_sanity_val_steps", "0",
+        "--trainer.log_every_n_steps", "1",
     ]  # fmt: skip
 
 
@@ -57,6 +58,12 @@ def test_fit_validate_predict_and_resume(tmp_path):
     names = {f"val/{iou}_{m}" for iou in ("box", "mask") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
     assert names <= metrics.keys()
     assert (root / "annotations" / "instances_val2017.json").is_file()  # written on first use
+    # Layer-wise decay 0.95 with the official ids (num_layers 6): every group's lr is lr * 0.95 ** (7 - id). atto's
+    # 6-block stage 2 takes ids 3 + j // 3 = 3, 4 only, so id 5 has no parameter.
+    rows = list(csv.DictReader((first / "metrics.csv").open()))
+    first_step = next(row for row in rows if row.get("lr-AdamW/pg1"))
+    logged = {round(float(v), 12) for k, v in first_step.items() if k.startswith("lr-") and v}
+    assert logged == {round(4.0e-4 * 0.95 ** (7 - i), 12) for i in (0, 1, 2, 3, 4, 6, 7)}
     last = first / "checkpoints" / "last.ckpt"
 
     cli_main(["validate", *args, "--run_name", "det_val", "--ckpt_path", str(last)])
