@@ -10,14 +10,17 @@ every ``--checkpoint.every_n_train_steps`` and on SIGTERM (exit code 143), ``--c
 """
 
 import importlib
+import logging
 import pickle
 import signal
 import sys
+import warnings
 from pathlib import Path
 
+import torch
 import yaml
 from lightning import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -33,9 +36,29 @@ from convnext_pl.checkpointing import (
 )
 from convnext_pl.errors import PARSER_HINT, UserError, exit_with_error, one_line_errors, parser_error_line
 from convnext_pl.guards import NonFiniteLossGuard
+from convnext_pl.module import ImageClassifier
+from convnext_pl.progress import LogLineProgress
 from convnext_pl.seeding import StepSeeding
 
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM (143)
+
+
+def _drop_lightning_tips(record: logging.LogRecord) -> bool:
+    # Lightning advertises its cloud logger and model registry on every run (rank_zero_info "💡 Tip: ..."):
+    # nothing a user of this template can act on.
+    return not str(record.msg).startswith("💡 Tip:")
+
+
+def _quiet_known_noise() -> None:
+    """Filter what the demo printed that tells the user nothing, each at the narrowest place."""
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _drop_lightning_tips not in rank_zero_logger.filters:
+        rank_zero_logger.addFilter(_drop_lightning_tips)
+    # torch 2.14 deprecates isinstance(x, LeafSpec); Lightning 2.6.6's own _pytree helper still does it, once
+    # per run. Nothing here calls it; the next Lightning release fixes it.
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module=r"lightning\.pytorch"
+    )
 
 
 class _OneLineParser(LightningArgumentParser):
@@ -63,6 +86,8 @@ class ConvNeXtCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             parser_class=_OneLineParser,
+            # `true` (LightningCLI's default) seeds with 0 anyway, after a "No seed found" warning.
+            seed_everything_default=0,
             auto_configure_optimizers=False,  # the module builds its own parameter groups and schedule
             args=args,
             run=run,
@@ -163,6 +188,10 @@ class ConvNeXtCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
+        own_bar = any(isinstance(c, ProgressBar) for c in trainer_config.get("callbacks") or [])
+        if trainer_config.get("enable_progress_bar") is not False and not own_bar and not sys.stdout.isatty():
+            # Not a terminal (CI, SLURM, `| tee`): periodic log lines instead of tqdm's redraws.
+            self.trainer_defaults["callbacks"] = [*self.trainer_defaults["callbacks"], LogLineProgress()]
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = runs.default_loggers(
                 trainer_config.get("default_root_dir") or "runs", self._run_name
@@ -176,6 +205,18 @@ class ConvNeXtCLI(LightningCLI):
                 trainer.log_dir, self.save_config_kwargs.get("config_filename", "config.yaml")
             )
         return trainer
+
+    def before_fit(self) -> None:
+        # Lightning's model summary counts FLOPs with one forward of `example_input_array` (else it prints
+        # "Total Flops 0"): one image of the data's size gives the network's real FLOPs. Classification only:
+        # the dense tasks take other inputs (or set their own example).
+        size = getattr(self.datamodule, "image_size", None)
+        if (
+            isinstance(self.model, ImageClassifier)
+            and isinstance(size, int)
+            and self.model.example_input_array is None
+        ):
+            self.model.example_input_array = torch.zeros(1, 3, size, size)
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -226,6 +267,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
     by SIGTERM (after saving ``last.ckpt``) raises ``SystemExit(143)``.
     """
     argv = sys.argv
+    _quiet_known_noise()
     try:
         with one_line_errors():
             _check_config_files(argv[1:] if args is None else args)
