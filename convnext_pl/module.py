@@ -8,6 +8,14 @@ live in ``configs/``, each with its source.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from jsonargparse.typing import (
+    ClosedUnitInterval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    restricted_number_type,
+)
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup
@@ -18,6 +26,11 @@ from convnext_pl.errors import UserError
 from convnext_pl.models.state_dict import first_state_mismatch
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_cosine
 from convnext_pl.parallel import ShardUnit, fully_shard_network
+
+# Ranges declared on the options, so the command line refuses a value outside them in one line, naming the
+# option, before anything runs (jsonargparse checks these types; Python callers pass plain numbers).
+LayerDecay = restricted_number_type("LayerDecay", float, [(">", 0), ("<=", 1)])  # (0, 1]: 1 is no decay
+LabelSmoothing = restricted_number_type("LabelSmoothing", float, [(">=", 0), ("<", 1)])  # [0, 1)
 
 
 def _accuracy_metrics(num_classes: int) -> MetricCollection:
@@ -63,20 +76,20 @@ class ImageClassifier(LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        lr: float = 1e-3,
-        lr_reference_batch: int | None = None,
-        min_lr: float = 0.0,
-        weight_decay: float = 0.05,
+        lr: PositiveFloat = 1e-3,
+        lr_reference_batch: PositiveInt | None = None,
+        min_lr: NonNegativeFloat = 0.0,
+        weight_decay: NonNegativeFloat = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        warmup_epochs: float = 0.0,
-        warmup_steps: int | None = None,
-        layer_decay: float | None = None,
-        label_smoothing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        mixup_prob: float = 1.0,
-        mixup_switch_prob: float = 0.5,
+        eps: PositiveFloat = 1e-8,
+        warmup_epochs: NonNegativeFloat = 0.0,
+        warmup_steps: NonNegativeInt | None = None,
+        layer_decay: LayerDecay | None = None,
+        label_smoothing: LabelSmoothing = 0.0,
+        mixup_alpha: NonNegativeFloat = 0.0,
+        cutmix_alpha: NonNegativeFloat = 0.0,
+        mixup_prob: ClosedUnitInterval = 1.0,
+        mixup_switch_prob: ClosedUnitInterval = 0.5,
         pretrained: str | None = None,
         channels_last: bool = False,
         compile: bool = False,
@@ -84,6 +97,11 @@ class ImageClassifier(LightningModule):
         shard_unit: ShardUnit = "block",
     ):
         super().__init__()
+        if min_lr > lr:  # a relation, which types cannot say
+            raise UserError(
+                f"model.init_args.min_lr {min_lr} is above model.init_args.lr {lr}: the cosine decay would climb; "
+                "give a min_lr <= lr"
+            )
         self.save_hyperparameters(ignore=["net"] if _created_in_code() else None)
         self.net = net
         self.num_classes = net.num_classes
