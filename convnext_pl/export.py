@@ -6,7 +6,7 @@ The network is rebuilt from the checkpoint's own ``hyper_parameters`` (the ``mod
 loaded with the checkpoint's ``state_dict`` and exported in eval mode, without the LightningModule around it.
 When training used the ``EMA`` callback, ``state_dict`` of ``last.ckpt`` and of the best-EMA file (``ema-*.ckpt``)
 holds the EMA weights (the raw ones are kept under ``current_model_state``), so their export is the EMA model, the
-one the paper evaluates; the best-raw file (``raw-*.ckpt``) holds the raw weights (see ``RunCheckpoint``).
+one the paper evaluates; the best-raw file (``raw-*.ckpt``) holds the raw weights (see ``ResumableCheckpoint``).
 """
 
 import json
