@@ -127,7 +127,7 @@ CASES = {
     ),
     "negative learning rate": (
         ["--model.lr", "-0.1", *SHORT],
-        "error: Invalid learning rate: -0.1; set model.lr, model.weight_decay, model.betas and model.eps in range",
+        "error: model.init_args.lr: not of type PositiveFloat: -0.1 does not conform to restriction v>0; --help lists the options",
     ),
     "ckpt_path last with no earlier run": (
         ["--ckpt_path", "last", "--run_name", "never_ran"],

@@ -154,7 +154,9 @@ def mmdet_mask_rcnn_to_torchvision(state_dict: StateDict) -> dict[str, torch.Ten
             value = torch.cat([value[-1:], value[:-1]])  # (K + 1, ...): [classes, bg] -> [bg, classes]
         for prefix, width in _PER_CLASS.items():
             if key.startswith(prefix):
-                value = torch.cat([value.new_zeros((width, *value.shape[1:])), value])  # (K * w) -> ((K + 1) * w)
+                value = torch.cat(
+                    [value.new_zeros((width, *value.shape[1:])), value]
+                )  # (K * w) -> ((K + 1) * w)
         out[key] = value
     return out
 
@@ -195,7 +197,9 @@ def fcmae_to_convnextv2(state_dict: StateDict) -> dict[str, torch.Tensor]:
             key = key.removesuffix(".kernel") + ".weight"
             side = round(value.shape[0] ** 0.5)  # kernel volume = side * side
             if value.ndim == 3:  # convolution (side * side, in, out) -> (out, in, side, side)
-                value = value.permute(2, 1, 0).reshape(value.shape[2], value.shape[1], side, side).transpose(3, 2)
+                value = (
+                    value.permute(2, 1, 0).reshape(value.shape[2], value.shape[1], side, side).transpose(3, 2)
+                )
             else:  # depthwise (side * side, C) -> (C, 1, side, side)
                 value = value.permute(1, 0).reshape(value.shape[1], 1, side, side).transpose(3, 2)
         elif key.endswith(".bias") and value.ndim != 1:

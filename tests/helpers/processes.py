@@ -6,6 +6,16 @@ import sys
 
 from .paths import ROOT, TESTS
 
+_LAUNCH_VARIABLES = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "GROUP_RANK",
+)
+
 
 def run_python(args: list[str], *, timeout: float = 300, check: bool = True, env: dict | None = None):
     """``python ARGS`` from the repository root; returns the ``CompletedProcess`` (text output captured).
@@ -16,7 +26,10 @@ def run_python(args: list[str], *, timeout: float = 300, check: bool = True, env
     fails the test with the output's tail; a run past ``timeout`` seconds fails it with what it printed so far.
     """
     child_env = {
-        **os.environ,
+        # A Trainer built in this test process for several devices leaves Lightning's MASTER_PORT (and friends)
+        # in os.environ; a child that inherited them would listen on that port while it may still be taken, and
+        # the DDP launch fails with EADDRINUSE. Each child picks its own free port instead.
+        **{key: value for key, value in os.environ.items() if key not in _LAUNCH_VARIABLES},
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
         **(env or {}),
