@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from convnext_pl.callbacks import EMA, store_raw_weights
 from convnext_pl.errors import UserError
+from convnext_pl.models.state_dict import first_state_mismatch
 
 # Prefix of the file a save writes before renaming it. It must not contain "last": Lightning's
 # `ckpt_path="last"` takes any file in the checkpoint folder whose name contains "last".
@@ -290,3 +291,23 @@ def find_last_checkpoint(run_dir: str | Path) -> Path | None:
     pattern = os.path.join(glob.escape(str(run_dir)), "version_*", "checkpoints", "last*.ckpt")
     candidates = [Path(p) for p in glob.glob(pattern)]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def refuse_a_checkpoint_that_does_not_fit(
+    module: pl.LightningModule, checkpoint: dict, what: str = "model"
+) -> None:
+    """Raise :class:`UserError` naming the first mismatch when ``checkpoint``'s ``state_dict`` does not fit
+    ``module``: every task calls it from ``on_load_checkpoint``, before the weights load, so a checkpoint of
+    another network or class count is one sentence rather than the list ``load_state_dict`` prints."""
+    state = checkpoint.get("state_dict")  # absent in distributed checkpoints, which load themselves
+    problem = (
+        first_state_mismatch(state, module.state_dict(), source="checkpoint")
+        if state and module.strict_loading
+        else ""
+    )
+    if problem:
+        path = module._trainer.ckpt_path if module._trainer is not None else "being loaded"
+        raise UserError(
+            f"checkpoint {path} does not fit this {what}: {problem}; resume with the model and data settings it "
+            "was trained with (the config.yaml of its run)"
+        )

@@ -22,8 +22,8 @@ from timm.data import Mixup
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from convnext_pl.checkpointing import refuse_a_checkpoint_that_does_not_fit
 from convnext_pl.errors import UserError
-from convnext_pl.models.state_dict import first_state_mismatch
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_cosine
 from convnext_pl.parallel import ShardUnit, fully_shard_network
 
@@ -213,18 +213,7 @@ class ImageClassifier(LightningModule):
         # Called before the weights are loaded. load_state_dict would list every mismatch at once; a checkpoint
         # of another model or class count (a --ckpt_path of another run, a changed config) gets one sentence.
         self._pretrained_loaded = True  # the checkpoint's weights, not `pretrained`, are the ones to keep
-        state = checkpoint.get("state_dict")  # absent in distributed checkpoints, which load themselves
-        problem = (
-            first_state_mismatch(state, self.state_dict(), source="checkpoint")
-            if state and self.strict_loading
-            else ""
-        )
-        if problem:
-            path = self._trainer.ckpt_path if self._trainer is not None else "being loaded"
-            raise UserError(
-                f"checkpoint {path} does not fit this model: {problem}; resume with the model and data settings "
-                "it was trained with (the config.yaml of its run)"
-            )
+        refuse_a_checkpoint_that_does_not_fit(self, checkpoint)
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, x: torch.Tensor) -> torch.Tensor:

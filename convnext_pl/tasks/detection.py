@@ -21,9 +21,9 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from convnext_pl.checkpointing import refuse_a_checkpoint_that_does_not_fit
 from convnext_pl.errors import UserError
 from convnext_pl.models.mask_rcnn import detector_layer_ids
-from convnext_pl.models.state_dict import first_state_mismatch
 from convnext_pl.module import _created_in_code
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_multistep
 
@@ -99,18 +99,7 @@ class MaskRCNNDetector(LightningModule):
             )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("state_dict")
-        problem = (
-            first_state_mismatch(state, self.state_dict(), source="checkpoint")
-            if state and self.strict_loading
-            else ""
-        )
-        if problem:
-            path = self._trainer.ckpt_path if self._trainer is not None else "being loaded"
-            raise UserError(
-                f"checkpoint {path} does not fit this detector: {problem}; use the model and data settings it "
-                "was trained with (the config.yaml of its run)"
-            )
+        refuse_a_checkpoint_that_does_not_fit(self, checkpoint, what="detector")
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, images: list[torch.Tensor]) -> list[dict]:

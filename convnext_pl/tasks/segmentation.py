@@ -20,10 +20,10 @@ from PIL import Image
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from convnext_pl.checkpointing import refuse_a_checkpoint_that_does_not_fit
 from convnext_pl.data.seg_transforms import IGNORE_INDEX
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import DECAY_TYPES, dense_layer_ids
-from convnext_pl.models.state_dict import first_state_mismatch
 from convnext_pl.models.upernet import resize
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_poly
 from convnext_pl.tasks.inference import InferenceMode, segment
@@ -135,14 +135,7 @@ class SemanticSegmenter(LightningModule):
         # Before the weights load: a checkpoint of another backbone or class count is one sentence, not the
         # list load_state_dict prints; its weights, not `pretrained`, are the ones to keep.
         self._pretrained_loaded = True
-        state = checkpoint.get("state_dict")
-        problem = first_state_mismatch(state, self.state_dict(), source="checkpoint") if state else ""
-        if problem:
-            path = self._trainer.ckpt_path if self._trainer is not None else "being loaded"
-            raise UserError(
-                f"checkpoint {path} does not fit this model: {problem}; resume with the model and data settings "
-                "it was trained with (the config.yaml of its run)"
-            )
+        refuse_a_checkpoint_that_does_not_fit(self, checkpoint)
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
