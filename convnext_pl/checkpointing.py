@@ -10,6 +10,7 @@ so the final ``os.replace`` is always a rename on one filesystem.
 """
 
 import glob
+import math
 import os
 import pickle
 import sys
@@ -311,3 +312,58 @@ def refuse_a_checkpoint_that_does_not_fit(
             f"checkpoint {path} does not fit this {what}: {problem}; resume with the model and data settings it "
             "was trained with (the config.yaml of its run)"
         )
+
+
+# The checkpoint key under which a task stores what its lr schedule was built from (see schedule_settings).
+SCHEDULE_SETTINGS_KEY = "schedule_settings"
+_SETTING_NAMES = {
+    "effective_batch_size": "effective batch",
+    "peak_lr": "peak lr",
+    "total_steps": "total optimizer steps",
+    "warmup_steps": "warm-up steps",
+    "data_class": "data class",
+    "data_root": "data root",
+}
+
+
+def schedule_settings(trainer: pl.Trainer, **schedule: Any) -> dict[str, Any]:
+    """What a task's lr schedule was built from (``schedule``: effective batch, peak lr, total and warm-up steps)
+    plus the data it trains on (the DataModule's class and ``root``); stored in the checkpoint, compared on a
+    resume by :func:`refuse_changed_settings`."""
+    datamodule = trainer.datamodule
+    root = getattr(datamodule, "root", None)
+    return {
+        **schedule,
+        "data_class": type(datamodule).__qualname__ if datamodule is not None else None,
+        "data_root": str(root) if root is not None else None,
+    }
+
+
+def _differs(before: Any, after: Any) -> bool:
+    if isinstance(before, float) and isinstance(after, (int, float)):
+        return not math.isclose(before, after, rel_tol=1e-9)  # a peak lr recomputed the same way may round
+    return before != after
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def refuse_changed_settings(
+    ckpt_path: Any, saved: dict[str, Any] | None, now: dict[str, Any], accepted: bool
+) -> list[str]:
+    """The settings (:func:`schedule_settings`) that differ between a resumed checkpoint and this run, as
+    ``"effective batch 64 -> 128"``; raise :class:`UserError` naming them unless ``accepted`` (then the task keeps
+    the checkpoint's schedule, which Lightning restores with the scheduler's state). A checkpoint written before
+    the settings were stored (``saved`` None) resumes unchecked."""
+    changes = [
+        f"{_SETTING_NAMES.get(key, key)} {_shown(saved[key])} -> {_shown(value)}"
+        for key, value in now.items()
+        if saved and key in saved and _differs(saved[key], value)
+    ]
+    if changes and not accepted:
+        raise UserError(
+            f"resuming {ckpt_path} with changed settings: {', '.join(changes)}; resume with the checkpoint's "
+            "settings, or pass --accept_changed_settings true to continue its schedule with the new ones"
+        )
+    return changes

@@ -108,6 +108,13 @@ class ConvNeXtCLI(LightningCLI):
             help="validate/test/predict on a randomly initialised network on purpose (smoke tests); without it "
             "they refuse to run without --ckpt_path or pretrained weights.",
         )
+        parser.add_argument(
+            "--accept_changed_settings",
+            type=bool,
+            default=False,
+            help="fit --ckpt_path with another effective batch, lr, schedule length or data than the checkpoint's: "
+            "continue the checkpoint's lr schedule (without it such a resume is refused).",
+        )
         # Callback groups are always added, whatever trainer.callbacks a config sets.
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite_loss")
@@ -207,6 +214,8 @@ class ConvNeXtCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
+        if self.config[self.subcommand].get("accept_changed_settings"):
+            self.model.accept_changed_settings = True  # read by the task's configure_optimizers on a resume
         # Lightning's model summary counts FLOPs with one forward of `example_input_array` (else it prints
         # "Total Flops 0"): one image of the data's size gives the network's real FLOPs. Classification only:
         # the dense tasks take other inputs (or set their own example).

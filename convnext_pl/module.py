@@ -17,12 +17,17 @@ from jsonargparse.typing import (
     restricted_number_type,
 )
 from lightning import LightningModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from timm.data import Mixup
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from convnext_pl.checkpointing import refuse_a_checkpoint_that_does_not_fit
+from convnext_pl.checkpointing import (
+    SCHEDULE_SETTINGS_KEY,
+    refuse_a_checkpoint_that_does_not_fit,
+    refuse_changed_settings,
+    schedule_settings,
+)
 from convnext_pl.errors import UserError
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_cosine
 from convnext_pl.parallel import ShardUnit, fully_shard_network
@@ -72,6 +77,10 @@ class ImageClassifier(LightningModule):
         shard_unit: the FSDP2 unit under ``ModelParallelStrategy`` (``configs/trainer/fsdp2.yaml``): ``"block"``
             or ``"stage"``; ignored by every other strategy.
     """
+
+    # A --ckpt_path resume whose schedule settings or data differ from the checkpoint's is refused unless this is
+    # True (the CLI's --accept_changed_settings); not a hyperparameter: it says how to resume, not what to train.
+    accept_changed_settings: bool = False
 
     def __init__(
         self,
@@ -214,6 +223,12 @@ class ImageClassifier(LightningModule):
         # of another model or class count (a --ckpt_path of another run, a changed config) gets one sentence.
         self._pretrained_loaded = True  # the checkpoint's weights, not `pretrained`, are the ones to keep
         refuse_a_checkpoint_that_does_not_fit(self, checkpoint)
+        # Runs before configure_optimizers, which compares them with this run's (None: an older checkpoint).
+        self._saved_schedule_settings = checkpoint.get(SCHEDULE_SETTINGS_KEY)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if getattr(self, "_schedule_info", None):
+            checkpoint[SCHEDULE_SETTINGS_KEY] = schedule_settings(self.trainer, **self._schedule_info)
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -288,12 +303,28 @@ class ImageClassifier(LightningModule):
         rank_zero_info(
             f"Effective batch {effective_batch}, peak lr {peak_lr:.3g}, {warmup_steps} warm-up steps of {total_steps}"
         )
+        if warmup_steps > total_steps:
+            rank_zero_warn(
+                f"the warm-up ({warmup_steps} steps) is longer than the run ({total_steps} optimizer steps): the lr "
+                "never reaches its peak; shorten model.init_args.warmup_epochs/warmup_steps"
+            )
         self._schedule_info = {
             "effective_batch_size": effective_batch,
             "peak_lr": peak_lr,
             "warmup_steps": warmup_steps,
             "total_steps": total_steps,
         }
+        if self.trainer.ckpt_path:
+            # A resume: Lightning restores the scheduler's state (its step, base lrs and WarmupCosine's fields)
+            # after this, so a schedule built from other settings would be replaced by the checkpoint's silently.
+            changes = refuse_changed_settings(
+                self.trainer.ckpt_path,
+                getattr(self, "_saved_schedule_settings", None),
+                schedule_settings(self.trainer, **self._schedule_info),
+                self.accept_changed_settings,
+            )
+            if changes:
+                rank_zero_info(f"Continuing the checkpoint's lr schedule; changed: {', '.join(changes)}")
         return {"optimizer": optimizer, "lr_scheduler": per_step(optimizer, schedule)}
 
     def on_train_start(self) -> None:

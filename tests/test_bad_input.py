@@ -222,7 +222,7 @@ def test_resuming_with_another_model_config_keeps_the_checkpoint_model(tmp_path)
     # LightningCLI takes the model's hyperparameters from the checkpoint, so the run goes on with its network.
     args = ["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path)] + QUIET + SHORT
     cli_main(args)
-    resumed = cli_main(args + ["--trainer.max_epochs", "2", "--ckpt_path", "last",
+    resumed = cli_main(args + ["--trainer.max_epochs", "2", "--ckpt_path", "last", "--accept_changed_settings=true",
                                "--model.net.init_args.name", "convnext_femto"])  # fmt: skip
     assert resumed.model.net.dims == create_model("convnext_atto").dims and resumed.trainer.global_step == 4
 

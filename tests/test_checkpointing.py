@@ -197,7 +197,10 @@ def test_resuming_from_last_continues_after_the_final_step_not_after_the_best_ep
     folder = tmp_path / "digits" / "version_0" / "checkpoints"
     assert _load(folder / "best-epoch0.ckpt")["global_step"] == 2
     assert _load(folder / "last.ckpt")["global_step"] == first.trainer.global_step == 6
-    resumed = cli_main([*run, "--trainer.max_epochs", "4", "--ckpt_path", "last"])
+    # A longer run is a changed schedule length: the option continues the checkpoint's schedule.
+    resumed = cli_main(
+        [*run, "--trainer.max_epochs", "4", "--ckpt_path", "last", "--accept_changed_settings=true"]
+    )
     assert resumed.trainer.global_step == 8
     assert min(_train_rows(tmp_path / "digits" / "version_1" / "metrics.csv")) >= 6  # no step 1..6 again
     assert _load(tmp_path / "digits" / "version_1" / "checkpoints" / "last.ckpt")["global_step"] == 8

@@ -95,7 +95,9 @@ def test_fit_resumed_from_last_checkpoint_continues_the_step_count(tmp_path):
     second = quiet_trainer(
         tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[ModelCheckpoint(tmp_path)]
     )
-    second.fit(atto_classifier(), synthetic_data(), ckpt_path=tmp_path / "last.ckpt")
+    resumed = atto_classifier()
+    resumed.accept_changed_settings = True  # 2 epochs instead of 1: continue the checkpoint's schedule
+    second.fit(resumed, synthetic_data(), ckpt_path=tmp_path / "last.ckpt")
     assert second.global_step == 16
     assert second.current_epoch == 2
 

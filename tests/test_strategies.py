@@ -110,6 +110,7 @@ def fit_and_resume(root: Path, strategy_yaml: str, *overrides: str) -> dict:
             "2",
             "--ckpt_path",
             str(checkpoint),
+            "--accept_changed_settings=true",  # a longer run: continue the checkpoint's schedule
             *reporter(root / "resumed"),
         ]
     )
