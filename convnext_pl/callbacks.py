@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch.nn as nn
+from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from lightning.pytorch.callbacks import BasePredictionWriter, EMAWeightAveraging
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_info
@@ -34,19 +35,26 @@ class EMA(EMAWeightAveraging):
     :class:`UserError`) instead of quietly holding a full copy of the model on each device.
 
     Args:
-        decay: EMA decay per update (paper: 0.9999 at batch 4096; use less for short runs).
-        update_every_n_steps: update after every n-th optimizer step.
+        decay: EMA decay per update, in (0, 1) (paper: 0.9999 at batch 4096; use less for short runs).
+        update_every_n_steps: update after every n-th optimizer step (positive).
         update_starting_at_step: first optimizer step that updates the average.
         device: where to keep the averaged copy (default: the model's device; "cpu" saves GPU memory).
     """
 
     def __init__(
         self,
-        decay: float = 0.9999,
-        update_every_n_steps: int = 1,
+        decay: OpenUnitInterval = 0.9999,
+        update_every_n_steps: PositiveInt = 1,
         update_starting_at_step: int | None = None,
         device: str | None = None,
     ):
+        # The types hold the ranges for the CLI; a call from Python is checked here. Decay 1 never moves the
+        # average, 0 is no average; Lightning checks neither.
+        if not 0 < decay < 1 or update_every_n_steps < 1:
+            raise UserError(
+                f"EMA decay must be in (0, 1) and update_every_n_steps at least 1, got {decay} and "
+                f"{update_every_n_steps}"
+            )
         super().__init__(
             device=device,
             decay=decay,

@@ -193,6 +193,11 @@ class ConvNeXtCLI(LightningCLI):
                 raise
             raise user_error from err
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # The first place both the network and the data exist; still before any folder is written.
+        _check_image_size(self.model, self.datamodule)
+
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
         own_bar = any(isinstance(c, ProgressBar) for c in trainer_config.get("callbacks") or [])
@@ -242,6 +247,21 @@ class ConvNeXtCLI(LightningCLI):
             lines.append(f"Last checkpoint:  {trainer.checkpoint_callback.last_model_path or '-'}")
         lines.append(f"Logs and config:  {log_dir}")
         print("\n".join(lines), flush=True)
+
+
+def _check_image_size(model, datamodule) -> None:
+    """Refuse an image size the network's total stride (stem patch x the downsampling layers) reduces to nothing:
+    the last stage's map would be empty, and the first forward pass would fail deep in a convolution."""
+    size, stride = (
+        getattr(datamodule, "image_size", None),
+        getattr(getattr(model, "net", None), "total_stride", None),
+    )
+    if isinstance(size, int) and isinstance(stride, int) and size < stride:
+        raise UserError(
+            f"data.init_args.image_size {size} is smaller than the network's total stride {stride} (stem "
+            f"patch_size x downsampling); the smallest valid image size is {stride}, or use a smaller "
+            "model.init_args.net.init_args.patch_size"
+        )
 
 
 def _check_config_files(args: list[str]) -> None:

@@ -40,6 +40,10 @@ class ClassificationDataModule(L.LightningDataModule):
                 f"data.init_args.batch_size must be at least 1 and num_workers at least 0, got {batch_size} "
                 f"and {num_workers}; fix them in the data config"
             )
+        if image_size < 1:  # every subclass passes its image_size here: one check for all of them
+            raise UserError(
+                f"data.init_args.image_size must be at least 1, got {image_size}; fix it in the data config"
+            )
         # Records every subclass's init args too; checkpoints keep them as ``datamodule_hyper_parameters``.
         self.save_hyperparameters()
         self.batch_size = batch_size

@@ -4,6 +4,7 @@ from collections.abc import Callable
 from functools import partial
 
 import torch.nn as nn
+from jsonargparse.typing import NonNegativeFloat, PositiveInt, extend_base_type
 
 from convnext_pl.errors import UserError
 from convnext_pl.models.convnext import ConvNeXt, ConvNeXtIsotropic
@@ -26,6 +27,43 @@ SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 ISOTROPIC_SIZES = {"small": (18, 384), "base": (18, 768), "large": (36, 1024)}
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+# The ranges of create_model's options, declared on their types: jsonargparse checks them when the CLI parses a
+# config (one error line naming the option), and create_model checks them for a call from Python. Both types are
+# registered under their own key: restricted_number_type's [0, 1) key is already taken by module.py's
+# LabelSmoothing, and jsonargparse allows one name per key.
+
+
+def _in_0_1(cls, value) -> None:
+    # 1 would drop the last block for every sample (and torch's bernoulli_ fails above it).
+    # The CLI hands the value over as written (a string); a bool is not a rate.
+    try:
+        rate = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        rate = None
+    if rate is None or not 0 <= rate < 1:
+        raise ValueError(f"{value} is not a number in [0, 1)")
+
+
+def _odd_positive(cls, value) -> None:
+    # A depthwise kernel is centred on its pixel (padding kernel_size // 2 keeps the map's size): odd only.
+    try:
+        size = None if isinstance(value, bool | float) else int(value)
+    except (TypeError, ValueError):
+        size = None
+    if size is None or size < 1 or size % 2 == 0:
+        raise ValueError(f"{value} is not an odd positive integer")
+
+
+DropPathRate = extend_base_type("DropPathRate", float, _in_0_1, register_key=("DropPathRate",))
+OddPositiveInt = extend_base_type("OddPositiveInt", int, _odd_positive, register_key=("OddPositiveInt",))
+_OPTION_TYPES = {
+    "drop_path_rate": (DropPathRate, "in [0, 1)"),
+    "layer_scale_init_value": (NonNegativeFloat, "at least 0"),
+    "head_init_scale": (NonNegativeFloat, "at least 0"),
+    "kernel_size": (OddPositiveInt, "odd and positive"),
+    "patch_size": (PositiveInt, "positive"),
+}
 
 
 def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
@@ -58,11 +96,11 @@ def create_model(
     name: str,
     num_classes: int | None = None,
     in_chans: int = 3,
-    drop_path_rate: float | None = None,
-    layer_scale_init_value: float | None = None,
-    head_init_scale: float | None = None,
-    kernel_size: int | None = None,
-    patch_size: int | None = None,
+    drop_path_rate: DropPathRate | None = None,
+    layer_scale_init_value: NonNegativeFloat | None = None,
+    head_init_scale: NonNegativeFloat | None = None,
+    kernel_size: OddPositiveInt | None = None,
+    patch_size: PositiveInt | None = None,
     **overrides,
 ) -> nn.Module:
     """Build a registered model by name.
@@ -72,15 +110,15 @@ def create_model(
         num_classes: classifier outputs (None: 1000, the ImageNet-1K head; 0: no head). From the CLI, None
             means "follow the data".
         in_chans: input channels.
-        drop_path_rate: final stochastic depth rate (None: the model's default, 0).
-        layer_scale_init_value: initial layer scale (None: 1e-6 for V1, off for V2 and isotropic).
-        head_init_scale: head init factor (None: 1.0; 0.001 for fine-tuning).
-        kernel_size: depthwise kernel size (None: 7).
-        patch_size: stem patch size (None: 4, or 16 for isotropic; 1 or 2 for small images).
+        drop_path_rate: final stochastic depth rate in [0, 1) (None: the model's default, 0).
+        layer_scale_init_value: initial layer scale, >= 0 (None: 1e-6 for V1, off for V2 and isotropic).
+        head_init_scale: head init factor, >= 0 (None: 1.0; 0.001 for fine-tuning).
+        kernel_size: depthwise kernel size, odd and positive (None: 7).
+        patch_size: stem patch size, positive (None: 4, or 16 for isotropic; 1 or 2 for small images).
         **overrides: any other constructor argument of the model class.
 
     Raises:
-        UserError: for an unknown name (the message lists the valid names).
+        UserError: for an unknown name (the message lists the valid names) or an option outside its range.
     """
     if name not in _MODELS:
         raise UserError(f"Unknown model '{name}'. Valid names: {', '.join(list_models())}.")
@@ -92,6 +130,12 @@ def create_model(
         patch_size=patch_size,
     )
     options = {k: v for k, v in options.items() if v is not None}  # None: keep the variant's default
+    for option, value in options.items():
+        option_type, valid = _OPTION_TYPES[option]
+        try:
+            option_type(value)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{option} is {value!r}; it must be {valid}.") from e
     try:
         return _MODELS[name](
             num_classes=1000 if num_classes is None else num_classes,
