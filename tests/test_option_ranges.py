@@ -122,7 +122,7 @@ def test_create_model_checks_the_ranges_when_called_from_python():
         ("patch_size", 0),
         ("head_init_scale", -1),
     ]:
-        with pytest.raises(UserError, match=f"^{option} is "):
+        with pytest.raises(UserError, match=f"^{option} must be "):
             create_model("convnext_atto", **{option: value})
     assert create_model("convnext_atto", kernel_size=5).stages[0][0].dwconv.kernel_size == (5, 5)
 

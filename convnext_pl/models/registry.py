@@ -135,7 +135,7 @@ def create_model(
         try:
             option_type(value)
         except (TypeError, ValueError) as e:
-            raise UserError(f"{option} is {value!r}; it must be {valid}.") from e
+            raise UserError(f"{option} must be {valid}, got {value!r}.") from e
     try:
         return _MODELS[name](
             num_classes=1000 if num_classes is None else num_classes,
