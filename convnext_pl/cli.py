@@ -40,6 +40,12 @@ from convnext_pl.module import ImageClassifier
 from convnext_pl.progress import LogLineProgress
 from convnext_pl.seeding import StepSeeding
 
+# Options declared with jsonargparse's range types (PositiveInt, OpenUnitInterval, ...) parse into int/float
+# subclasses. When a value moves to another class's arguments (the ladder swaps model.net's class_path and keeps
+# patch_size), jsonargparse dumps it with yaml.safe_dump, which represents only the exact int and float types.
+yaml.SafeDumper.add_multi_representer(int, yaml.SafeDumper.represent_int)
+yaml.SafeDumper.add_multi_representer(float, yaml.SafeDumper.represent_float)
+
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM (143)
 
 
