@@ -163,18 +163,30 @@ def layer_id_stage_wise(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def dense_layer_ids(model: nn.Module, decay_type: str, num_layers: int) -> dict[str, int]:
-    """Layer id of every parameter of a segmentation/detection model whose backbone is ``model.backbone``.
+def dense_layer_ids(
+    model: nn.Module, decay_type: str, num_layers: int, backbone_prefix: str = _PREFIX
+) -> dict[str, int]:
+    """Layer id of every parameter of a segmentation/detection model whose ConvNeXt is under ``backbone_prefix``.
 
     Args:
-        model: the whole model (parameter names start with ``backbone.`` for the backbone).
+        model: the whole model.
         decay_type: "layer_wise" or "stage_wise" (official ``paramwise_cfg.decay_type``).
         num_layers: official ``paramwise_cfg.num_layers`` (6 for T stage-wise, 12 for S/B layer-wise).
+        backbone_prefix: where the ConvNeXt's parameters are named (mmseg and mmdet: ``backbone.``; torchvision's
+            detectors: ``backbone.body.``), read as ``backbone.`` by the official functions; every other
+            parameter (neck, heads) gets ``num_layers + 1``, the full lr.
     """
     if decay_type not in DECAY_TYPES:
         raise UserError(f"decay_type '{decay_type}' is unknown; use one of {', '.join(DECAY_TYPES)}.")
     layer_id = layer_id_layer_wise if decay_type == "layer_wise" else layer_id_stage_wise
-    return {name: layer_id(name, num_layers) for name, _ in model.named_parameters()}
+    return {
+        name: (
+            layer_id(_PREFIX + name.removeprefix(backbone_prefix), num_layers)
+            if name.startswith(backbone_prefix)
+            else num_layers + 1
+        )
+        for name, _ in model.named_parameters()
+    }
 
 
 def lr_scale(layer_id: int, num_layers: int, decay_rate: float) -> float:

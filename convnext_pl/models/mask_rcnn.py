@@ -33,13 +33,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from convnext_pl.errors import UserError
-from convnext_pl.models.backbone import (
-    ConvNeXtBackbone,
-    create_backbone,
-    layer_id_layer_wise,
-    layer_id_stage_wise,
-)
+from convnext_pl.models.backbone import ConvNeXtBackbone, create_backbone, dense_layer_ids
+from convnext_pl.models.conversions import mmdet_mask_rcnn_to_torchvision
+from convnext_pl.models.pretrained import load_whole_network
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # mmdet img_norm_cfg mean (123.675, 116.28, 103.53) / 255
 IMAGENET_STD = (0.229, 0.224, 0.225)  # mmdet img_norm_cfg std (58.395, 57.12, 57.375) / 255
@@ -172,24 +168,22 @@ def load_detection_checkpoint(model: GeneralizedRCNN, source: str | Path) -> Gen
     Raises:
         UserError: the file is missing or unreadable, or does not fit (naming the first key that does not).
     """
-    from convnext_pl.models.conversions import mmdet_mask_rcnn_to_torchvision
-    from convnext_pl.models.download import resolve
-    from convnext_pl.models.pretrained import _read_state_dict as read_state_dict
-    from convnext_pl.models.pretrained import to_official_names
-    from convnext_pl.models.state_dict import first_state_mismatch as first_mismatch
+    return load_whole_network(
+        model,
+        source,
+        "Detection checkpoint",
+        "detector",
+        "build the backbone variant, class count and mask branch (masks) the checkpoint was saved with",
+        convert=to_torchvision_layout,
+    )
 
-    path = resolve(source).path
-    state = to_official_names(read_state_dict(path))  # drops a Lightning checkpoint's `net.` prefix
+
+def to_torchvision_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detector state dict in torchvision's names: an mmdet one (neck/rpn_head/roi_head keys) converted,
+    any other returned as it is."""
     if any(key.startswith(MMDET_HEADS) for key in state):
-        state = mmdet_mask_rcnn_to_torchvision(state)
-    problem = first_mismatch(state, model.state_dict(), lambda key: True)
-    if problem:
-        raise UserError(
-            f"Detection checkpoint '{path}' does not fit this detector: {problem}; build the backbone variant, "
-            "class count and mask branch (masks: true/false) the checkpoint was saved with."
-        )
-    model.load_state_dict(state, strict=True)
-    return model
+        return mmdet_mask_rcnn_to_torchvision(state)
+    return state
 
 
 def detector_layer_ids(
@@ -201,14 +195,7 @@ def detector_layer_ids(
     ConvNeXt under ``backbone.body.``, so that prefix is read as ``backbone.`` and every other parameter (FPN,
     RPN, RoI heads) gets ``num_layers + 1``, the full lr. For T, ``num_layers`` is 6 (official 3x config).
     """
-    layer_id = layer_id_layer_wise if decay_type == "layer_wise" else layer_id_stage_wise
-    ids = {}
-    for name, _ in model.named_parameters():
-        if name.startswith(BODY_PREFIX):
-            ids[name] = layer_id("backbone." + name.removeprefix(BODY_PREFIX), num_layers)
-        else:
-            ids[name] = num_layers + 1
-    return ids
+    return dense_layer_ids(model, decay_type, num_layers, backbone_prefix=BODY_PREFIX)
 
 
 def count_detector_macs(

@@ -18,7 +18,7 @@ import pickle
 import re
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from convnext_pl.errors import UserError
 from convnext_pl.models.catalogue import CATALOGUE, IN22K_CLASSES, Weights, list_weights
 from convnext_pl.models.conversions import fcmae_to_convnextv2, is_fcmae
 from convnext_pl.models.download import resolve
-from convnext_pl.models.state_dict import first_state_mismatch as _first_mismatch
+from convnext_pl.models.state_dict import first_state_mismatch
 
 # timm name -> official name, applied in order to every key of a timm state dict (docs/paper.md §2).
 TIMM_TO_OFFICIAL: list[tuple[str, str]] = [
@@ -75,19 +75,18 @@ def load_pretrained(model: nn.Module, path: str | Path, replace_head: bool = Fal
     entry = CATALOGUE.get(str(path))
     if entry is not None:
         check_architecture(entry, model, replace_head)
-    path = resolve(path, check=_read_state_dict).path
-    state = to_official_names(_read_state_dict(path))
+    path, state = read_weights(path)
     target = model.state_dict()
     # A pre-training-only file (FCMAE) has neither classifier nor final norm: both start fresh when fine-tuning.
     headless = not any(_is_head(k) or k.startswith("norm.") for k in state)
     is_new = (lambda key: _is_head(key) or key.startswith("norm.")) if headless else _is_head
-    body_problem = _first_mismatch(state, target, lambda key: not is_new(key))
+    body_problem = first_state_mismatch(state, target, lambda key: not is_new(key))
     if body_problem:
         raise UserError(
             f"Checkpoint '{path}' does not fit this {type(model).__name__}: {body_problem}; "
             "build the model variant the checkpoint was saved from."
         )
-    head_problem = _first_mismatch(state, target, is_new)
+    head_problem = first_state_mismatch(state, target, is_new)
     if head_problem and not replace_head:
         raise UserError(
             f"Checkpoint '{path}' has another classifier head than the model: {head_problem}; "
@@ -113,7 +112,7 @@ def check_architecture(entry: Weights, model: nn.Module, replace_head: bool = Fa
     """
     with torch.device("meta"):
         reference = entry.build()
-    problem = _first_mismatch(
+    problem = first_state_mismatch(
         reference.state_dict(), model.state_dict(), lambda key: not (_is_head(key) or key.startswith("norm."))
     )
     if problem:
@@ -195,7 +194,60 @@ def _official_shape(key: str, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(source: str | Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The local file ``source`` names and its state dict under official names: every loader's first step.
+
+    Args:
+        source: a path, a released weights name, a URL or ``hf-hub:<repo>`` (see ``load_pretrained``); a name or
+            URL is downloaded once into the cache, and a download that is no readable weights file is not kept.
+
+    Raises:
+        UserError: see :func:`read_state_dict` and :func:`convnext_pl.models.download.resolve`.
+    """
+    path = resolve(source, check=read_state_dict).path
+    return path, to_official_names(read_state_dict(path))
+
+
+def load_whole_network(
+    model: nn.Module,
+    source: str | Path,
+    what: str,
+    network: str,
+    remedy: str,
+    convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> nn.Module:
+    """Load the weights of a whole task network (segmentation, detection) into ``model``: every key must fit in
+    name and shape; the first that does not is named in one sentence.
+
+    Args:
+        model: the network the file was saved from (backbone variant, class count, head widths).
+        source: a path, a released name, a URL or ``hf-hub:<repo>`` (see :func:`read_weights`).
+        what: the kind of checkpoint, for the message ("Detection checkpoint").
+        network: what ``model`` is, for the message ("detector").
+        remedy: the settings to build ``model`` with, for the message ("build the backbone variant ...").
+        convert: maps the state dict of another code base's layout to ``model``'s (mmdet -> torchvision); it
+            returns one already in ``model``'s layout unchanged.
+
+    Raises:
+        UserError: the file is missing, unreadable or no plain weights file, or does not fit ``model``.
+    """
+    path, state = read_weights(source)  # a Lightning checkpoint loses its `net.` prefix here
+    if convert is not None:
+        state = convert(state)
+    problem = first_state_mismatch(state, model.state_dict())
+    if problem:
+        raise UserError(f"{what} '{path}' does not fit this {network}: {problem}; {remedy}.")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a local weights file: safetensors, or a PyTorch file read with ``weights_only=True``
+    (never unpickling code), unwrapped from an official (``model``), EMA or Lightning (``state_dict``) wrapper.
+
+    Raises:
+        UserError: the file is missing, damaged, holds Python objects other than tensors, or no state dict.
+    """
     if not path.is_file():
         raise UserError(f"Checkpoint file '{path}' does not exist; check the path.")
     if _is_safetensors(path):
@@ -295,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_format_table(entries))
         else:
             for name in args.names:
-                print(f"{name}: {resolve(name, check=_read_state_dict).path}", flush=True)
+                print(f"{name}: {resolve(name, check=read_state_dict).path}", flush=True)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -18,13 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops.misc import Conv2dNormActivation
 
-from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import ConvNeXtBackbone, create_backbone
-
-# The safe reader and the key check of the classification loader (same package): one way to read weights.
-from convnext_pl.models.pretrained import _read_state_dict as read_state_dict
-from convnext_pl.models.pretrained import to_official_names
-from convnext_pl.models.state_dict import first_state_mismatch as first_mismatch
+from convnext_pl.models.pretrained import load_whole_network
 
 
 def conv_module(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -223,15 +218,10 @@ def load_segmentation_checkpoint(model: UperNet, path: str | Path) -> UperNet:
         UserError: the file is missing or unreadable, or a key is missing, unexpected or of another shape
             (the sentence names the first such key).
     """
-    from convnext_pl.models.download import resolve  # names and URLs: downloaded once into the cache
-
-    path = resolve(path, check=read_state_dict).path
-    state = to_official_names(read_state_dict(path))
-    problem = first_mismatch(state, model.state_dict(), lambda key: True)
-    if problem:
-        raise UserError(
-            f"Segmentation checkpoint '{path}' does not fit this model: {problem}; build the backbone variant, "
-            "class count and head widths the checkpoint was saved with."
-        )
-    model.load_state_dict(state, strict=True)
-    return model
+    return load_whole_network(
+        model,
+        path,
+        "Segmentation checkpoint",
+        "model",
+        "build the backbone variant, class count and head widths the checkpoint was saved with",
+    )
