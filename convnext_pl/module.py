@@ -111,7 +111,7 @@ class ImageClassifier(LightningModule):
                 f"model.init_args.min_lr {min_lr} is above model.init_args.lr {lr}: the cosine decay would climb; "
                 "give a min_lr <= lr"
             )
-        self.save_hyperparameters(ignore=["net"] if _created_in_code() else None)
+        self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
         self.net = net
         self.num_classes = net.num_classes
         if grad_checkpointing:
@@ -334,8 +334,9 @@ class ImageClassifier(LightningModule):
                 logger.log_hyperparams(info)
 
 
-def _created_in_code() -> bool:
-    """True unless LightningCLI is instantiating this class (it records the net's config instead of the object)."""
+def created_in_code() -> bool:
+    """True unless LightningCLI is instantiating the module being built (the CLI records the net's config, so
+    ``save_hyperparameters`` keeps it; built in code, the net is an object and is left out). Every task calls it."""
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
     return _given_hyperparameters.get() is None

@@ -114,7 +114,7 @@ class ClassifierMixin:
         """Replace the head by a freshly initialised one with ``num_classes`` outputs (0: no head)."""
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.apply(_init_weights)
+        self.head.apply(init_weights)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them."""
@@ -129,16 +129,22 @@ class ClassifierMixin:
         return x
 
 
-def _init_weights(m: nn.Module) -> None:
-    # Paper/official code: truncated normal std 0.02 for conv and linear weights, zero bias.
+def init_weights(m: nn.Module) -> None:
+    """The official initialisation of one module (``model.apply(init_weights)``), shared by the roadmap networks.
+
+    Paper/official code: truncated normal std 0.02 for conv and linear weights, zero bias.
+    """
     if isinstance(m, nn.Conv2d | nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
 
 
-def _scale_head(head: nn.Module, scale: float) -> None:
-    # Fine-tuning starts from a near-zero head (head_init_scale 0.001); pre-training uses 1.0.
+def scale_head(head: nn.Module, scale: float) -> None:
+    """Multiply a linear classifier's weight and bias by ``scale`` (``head_init_scale``) in place.
+
+    Fine-tuning starts from a near-zero head (head_init_scale 0.001); pre-training uses 1.0.
+    """
     if isinstance(head, nn.Linear):
         with torch.no_grad():
             head.weight.mul_(scale)
@@ -239,8 +245,8 @@ class ConvNeXt(HierarchicalMixin, nn.Module):
 
         self.norm = nn.LayerNorm(dims[-1], eps=LN_EPS)  # after global pooling
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
-        _scale_head(self.head, head_init_scale)
+        self.apply(init_weights)
+        scale_head(self.head, head_init_scale)
 
 
 class ConvNeXtIsotropic(ClassifierMixin, nn.Module):
@@ -271,8 +277,8 @@ class ConvNeXtIsotropic(ClassifierMixin, nn.Module):
         )
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
-        _scale_head(self.head, head_init_scale)
+        self.apply(init_weights)
+        scale_head(self.head, head_init_scale)
 
     @property
     def total_stride(self) -> int:

@@ -17,7 +17,7 @@ import torch.nn as nn
 from timm.layers import DropPath, LayerNorm2d
 
 from convnext_pl.errors import UserError
-from convnext_pl.models.convnext import LN_EPS, HierarchicalMixin, _init_weights, _scale_head, drop_path_rates
+from convnext_pl.models.convnext import LN_EPS, HierarchicalMixin, drop_path_rates, init_weights, scale_head
 
 # The values each categorical switch of RoadmapConfig takes.
 _CHOICES = {
@@ -258,5 +258,5 @@ class RoadmapNet(HierarchicalMixin, nn.Module):
             self.norm = nn.Identity()
         self.head = nn.Linear(widths[-1], num_classes) if num_classes > 0 else nn.Identity()
         # One init for every step (ConvNeXt's truncated normal) so that the init is not a hidden difference.
-        self.apply(_init_weights)
-        _scale_head(self.head, head_init_scale)
+        self.apply(init_weights)
+        scale_head(self.head, head_init_scale)

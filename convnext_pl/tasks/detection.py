@@ -24,7 +24,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from convnext_pl.checkpointing import refuse_a_checkpoint_that_does_not_fit
 from convnext_pl.errors import UserError
 from convnext_pl.models.mask_rcnn import detector_layer_ids
-from convnext_pl.module import _created_in_code
+from convnext_pl.module import created_in_code
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_multistep
 
 # torchmetrics' result names -> the COCO names logged (and printed by the CLI).
@@ -80,7 +80,7 @@ class MaskRCNNDetector(LightningModule):
         draw_score_threshold: float = 0.5,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net"] if _created_in_code() else None)
+        self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
         self.net = net
         self.has_masks = net.roi_heads.has_mask()
         iou_types = ("bbox", "segm") if self.has_masks else ("bbox",)

@@ -25,6 +25,7 @@ from convnext_pl.data.seg_transforms import IGNORE_INDEX
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import DECAY_TYPES, dense_layer_ids
 from convnext_pl.models.upernet import resize
+from convnext_pl.module import created_in_code
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_poly
 from convnext_pl.tasks.inference import InferenceMode, segment
 
@@ -92,7 +93,7 @@ class SemanticSegmenter(LightningModule):
         super().__init__()
         if decay_type not in DECAY_TYPES:
             raise UserError(f"decay_type '{decay_type}' is unknown; use one of {', '.join(DECAY_TYPES)}.")
-        self.save_hyperparameters(ignore=["net"] if _created_in_code() else None)
+        self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
         self.net = net
         self.num_classes = net.num_classes
         self.train_loss = MeanMetric()
@@ -244,9 +245,3 @@ def iou_from_confusion(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     accuracy = true_positive.sum() / matrix.sum().clamp(min=1)
     return iou, accuracy
 
-
-def _created_in_code() -> bool:
-    """True unless LightningCLI is instantiating this class (it records the net's config instead of the object)."""
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-    return _given_hyperparameters.get() is None
