@@ -2,6 +2,7 @@
 
 import csv
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,20 +139,36 @@ class TopKPredictionWriter(BasePredictionWriter):
             raise RuntimeError("predict writes one CSV; run it on a single device (trainer.devices: 1).")
         names = getattr(trainer.datamodule, "class_names", None)
         path = Path(self.output_file or Path(trainer.log_dir or ".") / "predictions.csv")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        k = predictions[0]["classes"].shape[1] if predictions else 0
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            header = ["path"]
-            for i in range(1, k + 1):
-                header += [f"top{i}_class", f"top{i}_prob"]
-            writer.writerow(header)
-            for batch in predictions:
-                for image_path, classes, probs in zip(
-                    batch["paths"], batch["classes"], batch["probs"], strict=True
-                ):
-                    row = [image_path]
-                    for c, p in zip(classes.tolist(), probs.tolist(), strict=True):
-                        row += [names[c] if names else c, f"{p:.6f}"]
-                    writer.writerow(row)
-        rank_zero_info(f"Wrote predictions for {sum(len(b['paths']) for b in predictions)} images to {path}")
+        rows = [
+            (image_path, classes.tolist(), probs.tolist())
+            for batch in predictions
+            for image_path, classes, probs in zip(
+                batch["paths"], batch["classes"], batch["probs"], strict=True
+            )
+        ]
+        write_topk_csv(path, rows, names)
+        rank_zero_info(f"Wrote predictions for {len(rows)} images to {path}")
+
+
+def write_topk_csv(
+    path: Path, rows: Sequence[tuple[str, Sequence[int], Sequence[float]]], names: Sequence[str] | None
+) -> None:
+    """The prediction CSV: ``path, top1_class, top1_prob, top2_class, ...``, probabilities with 6 decimals.
+
+    Args:
+        path: CSV file to write (its folder is created).
+        rows: one ``(image path, top-k class indices, their probabilities)`` per image, best first.
+        names: class names indexed by class; empty or None writes the class indices.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = len(rows[0][1]) if rows else 0
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["path"] + [f"top{i}_{column}" for i in range(1, k + 1) for column in ("class", "prob")]
+        )
+        for image_path, classes, probs in rows:
+            row = [image_path]
+            for c, p in zip(classes, probs, strict=True):
+                row += [names[c] if names else c, f"{p:.6f}"]
+            writer.writerow(row)

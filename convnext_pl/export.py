@@ -10,6 +10,7 @@ one the paper evaluates; the best-raw file (``raw-*.ckpt``) holds the raw weight
 """
 
 import json
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,10 @@ import torch.nn as nn
 from lightning.pytorch.cli import instantiate_class
 from safetensors.torch import save_file
 
+from convnext_pl.data.base import ClassificationDataModule
+from convnext_pl.data.transform_spec import describe_transform
 from convnext_pl.errors import OneLineArgumentParser, UserError, one_line_errors
+from convnext_pl.onnx_predict import CLASS_NAMES_KEY, DATA_KEY, PREPROCESSING_KEY
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 DEFAULT_IMAGE_SIZE = 224  # used when the checkpoint does not record its data's image size
@@ -89,24 +93,66 @@ def input_channels(net: nn.Module) -> int:
     return first_conv.in_channels if first_conv is not None else 3
 
 
-def export_onnx(net: nn.Module, out: Path, example: torch.Tensor) -> None:
+def export_onnx(
+    net: nn.Module, out: Path, example: torch.Tensor, metadata: dict[str, str] | None = None
+) -> None:
     """ONNX through ``torch.export`` (the dynamo exporter, which needs onnxscript), with a dynamic batch axis.
 
-    The input is named ``images`` (N, C, H, W) and the output ``logits`` (N, classes).
+    The input is named ``images`` (N, C, H, W) and the output ``logits`` (N, classes); ``metadata`` goes to the
+    model's ``metadata_props`` (ONNX Runtime: ``session.get_modelmeta().custom_metadata_map``).
     """
     weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    torch.onnx.export(
+    program = torch.onnx.export(
         net,
         (example,),
-        str(out),
+        None,  # saved below, once the metadata is in
         dynamo=True,
         input_names=["images"],
         output_names=["logits"],
         dynamic_shapes=({0: torch.export.Dim("batch")},),  # one dict per positional input: axis 0 varies
-        external_data=weight_bytes
-        > ONNX_SINGLE_FILE_BYTES,  # weights beside the graph only when they must be
         verbose=False,
     )
+    program.model.metadata_props.update(metadata or {})
+    # Weights beside the graph only when they must be.
+    program.save(str(out), external_data=weight_bytes > ONNX_SINGLE_FILE_BYTES)
+
+
+def predict_metadata(checkpoint: dict, image_size: int) -> dict[str, str] | None:
+    """What ``python -m convnext_pl.export predict`` needs to classify image files as ``main.py predict`` does: the
+    evaluation transform of the checkpoint's data module at ``image_size`` and its class names.
+
+    The data module is rebuilt from the checkpoint's ``datamodule_hyper_parameters`` (its class path and init
+    args, which LightningCLI records), with ``image_size`` set to the traced size. Returns None, with a warning
+    saying why, when that fails: the graph is still worth exporting for other runtimes.
+    """
+    try:
+        return _predict_metadata(checkpoint, image_size)
+    except Exception as error:  # an import, an init-arg check, a transform step that cannot travel
+        warnings.warn(
+            f"the ONNX file carries no preprocessing metadata ({error}); "
+            "`python -m convnext_pl.export predict` will refuse it",
+            stacklevel=2,
+        )
+        return None
+
+
+def _predict_metadata(checkpoint: dict, image_size: int) -> dict[str, str]:
+    init_args = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    class_path = init_args.pop("_class_path", None)
+    init_args.pop("_instantiator", None)
+    if class_path is None:
+        raise ValueError("the checkpoint records no data module class")
+    datamodule = instantiate_class(
+        (), {"class_path": class_path, "init_args": {**init_args, "image_size": image_size}}
+    )
+    if not isinstance(datamodule, ClassificationDataModule):
+        raise ValueError(f"{class_path} is not a classification data module")
+    return {
+        PREPROCESSING_KEY: json.dumps(describe_transform(datamodule.evaluation_transform())),
+        # What setup("predict") gives main.py predict: names known without the training images, else none.
+        CLASS_NAMES_KEY: json.dumps(list(datamodule._predict_class_names())),
+        DATA_KEY: class_path,
+    }
 
 
 def export_torchscript(net: nn.Module, out: Path, example: torch.Tensor) -> None:
@@ -160,18 +206,29 @@ def export(
     size = image_size or recorded_image_size(checkpoint) or DEFAULT_IMAGE_SIZE
     example = torch.randn(2, input_channels(net), size, size)  # batch 2: a batch of 1 could be specialised
     with torch.no_grad():
-        (export_onnx if format == "onnx" else export_torchscript)(net, out, example)
+        if format == "onnx":
+            export_onnx(net, out, example, predict_metadata(checkpoint, size))
+        else:
+            export_torchscript(net, out, example)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m convnext_pl.export --ckpt PATH --format FORMAT --out FILE``."""
+    """Command line: ``python -m convnext_pl.export --ckpt PATH --format FORMAT --out FILE``, and
+    ``python -m convnext_pl.export predict MODEL.onnx --images ... --output CSV`` (:mod:`convnext_pl.onnx_predict`).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["predict"]:
+        from convnext_pl.onnx_predict import main as predict_main
+
+        return predict_main(argv[1:])
     parser = OneLineArgumentParser(
         prog="python -m convnext_pl.export",
         description=(
             "Export the network of a checkpoint from `python main.py fit` for inference. The checkpoint's "
             "state_dict is exported: with the EMA callback, last.ckpt and ema-*.ckpt hold the EMA weights there "
-            "and raw-*.ckpt the raw ones; without it, the raw weights."
+            "and raw-*.ckpt the raw ones; without it, the raw weights. `python -m convnext_pl.export predict "
+            "--help`: classify images with an ONNX export."
         ),
     )
     parser.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt) written by the CLI.")

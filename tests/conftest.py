@@ -19,6 +19,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 from helpers import DIGITS, run_main  # noqa: E402  (after the environment above)
 
 from convnext_pl.cli import cli_main  # noqa: E402
+from convnext_pl.export import export  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,6 +55,15 @@ def digits_ckpt(tmp_path_factory) -> Path:
     ema = ["--trainer.callbacks+=convnext_pl.callbacks.EMA", "--trainer.callbacks.decay=0.5"]
     cli = cli_main(run + steps + ema + ["--checkpoint.every_n_train_steps=1"])
     return Path(cli.trainer.checkpoint_callback.last_model_path)
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(digits_ckpt, tmp_path_factory) -> Path:
+    """``digits_ckpt`` exported with ``python -m convnext_pl.export --format onnx`` (seconds), once per session.
+
+    Tests that use it carry ``pytest.mark.xdist_group("digits_run")``, as for ``digits_ckpt``.
+    """
+    return export(digits_ckpt, "onnx", tmp_path_factory.mktemp("digits_onnx") / "digits.onnx")
 
 
 @pytest.fixture(scope="session")

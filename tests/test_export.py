@@ -1,16 +1,14 @@
 """Export (ONNX, TorchScript, safetensors) reproduces the trained network, and ``predict`` writes its CSV."""
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 from helpers import DIGITS, run_main
-from PIL import Image
+from helpers.fakedata import write_digit_images
 from safetensors import safe_open
-from sklearn.datasets import load_digits
 
 from convnext_pl.export import export, load_network, main, recorded_image_size
 from convnext_pl.models import create_model
@@ -53,9 +51,8 @@ def test_load_network_restores_the_checkpoint_state_dict_which_holds_the_ema_wei
         torch.testing.assert_close(net(x), reference_net(x))
 
 
-def test_onnx_export_matches_pytorch_for_any_batch_size(digits_ckpt, reference_net, image_size, tmp_path):
-    path = export(digits_ckpt, "onnx", tmp_path / "digits.onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def test_onnx_export_matches_pytorch_for_any_batch_size(digits_onnx, reference_net, image_size):
+    session = ort.InferenceSession(str(digits_onnx), providers=["CPUExecutionProvider"])
     (images,) = session.get_inputs()
     # Spatial size fixed at the size the checkpoint's data used; the batch axis symbolic.
     assert images.name == "images" and images.shape[1:] == [3, image_size, image_size]
@@ -123,23 +120,9 @@ def test_overwrite_replaces_an_existing_output(digits_ckpt, tmp_path):
     assert out.read_bytes() != b"old"
 
 
-def _write_digit_images(folder: Path, count: int) -> dict[str, int]:
-    """Digits saved as 8-bit PNGs (white ink on black, as load_digits stores them), some in a sub-folder."""
-    digits = load_digits()
-    truths = {}
-    for i in range(count):
-        path = folder / ("nested" if i % 2 else ".") / f"digit_{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pixels = (digits.images[i] * 255 / 16).astype(np.uint8)
-        Image.fromarray(pixels).resize((24, 24), Image.BILINEAR).save(path)  # any size: predict resizes
-        truths[str(path)] = int(digits.target[i])
-    (folder / "notes.txt").write_text("not an image: predict must skip it")
-    return truths
-
-
 @pytest.mark.slow
 def test_predict_command_writes_one_csv_row_per_image(digits_ckpt, tmp_path):
-    truths = _write_digit_images(tmp_path / "images", 6)
+    truths = write_digit_images(tmp_path / "images", 6)
     runs = tmp_path / "runs"
     run_main(
         ["predict", f"--config={DIGITS}", f"--ckpt_path={digits_ckpt}", f"--data.init_args.predict_dir={tmp_path / 'images'}",
