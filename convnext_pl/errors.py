@@ -103,6 +103,12 @@ def parser_error_line(message: str) -> str:
         return f"{'.'.join([*keys, unknown[1]])} is not an option here"
     reason = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", reason)
     reason = reason[0].lower() + reason[1:]
+    # jsonargparse writes "Expected a <type>" for every type: "expected a int" reads "expected an int". Only
+    # jsonargparse's words, not the value the user gave after "Got value:".
+    words, got, value = reason.partition("Got value:")
+    # "expected a typing.Literal['whole', 'slide']" reads "expected one of 'whole', 'slide'".
+    words = re.sub(r"\ba typing\.Literal\[(.*)\]", r"one of \1", words)
+    reason = re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", words) + got + value
     if given is not None and "Got value" not in reason:
         reason += f", got {given}"
     return f"{'.'.join(keys)}: {reason}"

@@ -14,7 +14,6 @@ from jsonargparse.typing import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    restricted_number_type,
 )
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -31,11 +30,12 @@ from convnext_pl.checkpointing import (
 from convnext_pl.errors import UserError
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_cosine
 from convnext_pl.parallel import ShardUnit, fully_shard_network
+from convnext_pl.ranges import LeftOpenUnitInterval, RightOpenUnitInterval
 
 # Ranges declared on the options, so the command line refuses a value outside them in one line, naming the
 # option, before anything runs (jsonargparse checks these types; Python callers pass plain numbers).
-LayerDecay = restricted_number_type("LayerDecay", float, [(">", 0), ("<=", 1)])  # (0, 1]: 1 is no decay
-LabelSmoothing = restricted_number_type("LabelSmoothing", float, [(">=", 0), ("<", 1)])  # [0, 1)
+LayerDecay = LeftOpenUnitInterval  # (0, 1]: 1 is no decay
+LabelSmoothing = RightOpenUnitInterval  # [0, 1)
 
 
 def _accuracy_metrics(num_classes: int) -> MetricCollection:

@@ -122,8 +122,8 @@ CASES = {
     ),
     "negative worker count": (
         ["--data.init_args.num_workers", "-1", "--data.init_args.batch_size", "64"],
-        "error: data.init_args.batch_size must be at least 1 and num_workers at least 0, got 64 and -1; fix them "
-        "in the data config",
+        "error: data.init_args.num_workers: not of type NonNegativeInt: -1 does not conform to restriction v>=0; "
+        "--help lists the options",
     ),
     "negative learning rate": (
         ["--model.lr", "-0.1", *SHORT],

@@ -4,7 +4,10 @@ Both read through :class:`convnext_pl.data.seg_folder.SegmentationFolderDataModu
 pipeline); this module only fixes the layout, the class count and names, and reduce_zero_label.
 """
 
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
+
 from convnext_pl.data.seg_folder import SegmentationFolderDataModule
+from convnext_pl.ranges import LeftOpenUnitInterval
 
 ADE20K_ROOT = "ADEChallengeData2016"
 
@@ -21,12 +24,12 @@ class ADE20KDataModule(SegmentationFolderDataModule):
     def __init__(
         self,
         root: str = f"data/{ADE20K_ROOT}",
-        batch_size: int = 2,
-        num_workers: int = 4,
-        scale: tuple[int, int] = (2048, 512),
-        ratio_range: tuple[float, float] = (0.5, 2.0),
-        crop_size: tuple[int, int] = (512, 512),
-        cat_max_ratio: float = 0.75,
+        batch_size: PositiveInt = 2,
+        num_workers: NonNegativeInt = 4,
+        scale: tuple[PositiveInt, PositiveInt] = (2048, 512),
+        ratio_range: tuple[PositiveFloat, PositiveFloat] = (0.5, 2.0),
+        crop_size: tuple[PositiveInt, PositiveInt] = (512, 512),
+        cat_max_ratio: LeftOpenUnitInterval = 0.75,
         predict_dir: str | None = None,
         num_classes: int = 150,
         class_names: list[str] | None = None,
@@ -71,16 +74,16 @@ class SyntheticScenesDataModule(ADE20KDataModule):
     def __init__(
         self,
         root: str = f"data/synthetic_scenes/{ADE20K_ROOT}",
-        train_images: int = 96,
-        val_images: int = 16,
-        image_size: int = 96,
+        train_images: PositiveInt = 96,
+        val_images: PositiveInt = 16,
+        image_size: PositiveInt = 96,
         seed: int = 0,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        scale: tuple[int, int] = (128, 96),
-        ratio_range: tuple[float, float] = (0.5, 2.0),
-        crop_size: tuple[int, int] = (64, 64),
-        cat_max_ratio: float = 0.75,
+        batch_size: PositiveInt = 8,
+        num_workers: NonNegativeInt = 0,
+        scale: tuple[PositiveInt, PositiveInt] = (128, 96),
+        ratio_range: tuple[PositiveFloat, PositiveFloat] = (0.5, 2.0),
+        crop_size: tuple[PositiveInt, PositiveInt] = (64, 64),
+        cat_max_ratio: LeftOpenUnitInterval = 0.75,
         predict_dir: str | None = None,
     ):
         from convnext_pl.data.ade20k_synthetic import CLASSES

@@ -6,6 +6,7 @@ from typing import Literal
 
 import numpy as np
 import torchvision.transforms as T
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveInt
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_integrity
@@ -18,6 +19,7 @@ from convnext_pl.data.transforms import (
     train_transform,
 )
 from convnext_pl.errors import UserError
+from convnext_pl.ranges import LeftOpenUnitInterval
 
 CIFAR_SIDE = 32
 # Per-channel pixel mean and std of each training set (all 50,000 images, values scaled to 0..1).
@@ -132,14 +134,14 @@ class CIFARDataModule(ClassificationDataModule):
         root: str = "data/cifar",
         variant: Literal["cifar10", "cifar100"] = "cifar10",
         download: bool = False,
-        image_size: int = CIFAR_SIDE,
-        batch_size: int = 128,
-        num_workers: int = 4,
+        image_size: PositiveInt = CIFAR_SIDE,
+        batch_size: PositiveInt = 128,
+        num_workers: NonNegativeInt = 4,
         auto_augment: str | None = None,
-        re_prob: float = 0.0,
+        re_prob: ClosedUnitInterval = 0.0,
         re_mode: str = "pixel",
         interpolation: str = "bicubic",
-        crop_pct: float = RECIPE_CROP_PCT,
+        crop_pct: LeftOpenUnitInterval = RECIPE_CROP_PCT,
         predict_dir: str | None = None,
     ):
         super().__init__(

@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
@@ -202,6 +203,17 @@ def collate_detection(batch: list) -> tuple[list, list]:
     return list(images), list(targets)
 
 
+def _check_relations(train_scales, crop_scales, crop_size) -> None:
+    """What the option types cannot say: the augmentation's lists must hold a choice, its crop range an order."""
+    for option, scales in (("train_scales", train_scales), ("crop_scales", crop_scales)):
+        if not scales:
+            raise UserError(f"data.init_args.{option} is empty; give at least one shorter-side size")
+    if crop_size[0] > crop_size[1]:
+        raise UserError(
+            f"data.init_args.crop_size {tuple(crop_size)} is (min, max) of the crop's sides; give the smaller first"
+        )
+
+
 class COCODataModule(LightningDataModule):
     """COCO instance segmentation in the official layout (see the module docstring).
 
@@ -220,16 +232,17 @@ class COCODataModule(LightningDataModule):
     def __init__(
         self,
         root: str = "data/coco",
-        batch_size: int = 2,
-        num_workers: int = 2,
+        batch_size: PositiveInt = 2,
+        num_workers: NonNegativeInt = 2,
         train_split: str = "train2017",
         val_split: str = "val2017",
-        train_scales: tuple[int, ...] = TRAIN_SCALES,
-        crop_scales: tuple[int, ...] = CROP_SCALES,
-        crop_size: tuple[int, int] = CROP_SIZE,
-        max_size: int = MAX_SIZE,
+        train_scales: tuple[PositiveInt, ...] = TRAIN_SCALES,
+        crop_scales: tuple[PositiveInt, ...] = CROP_SCALES,
+        crop_size: tuple[PositiveInt, PositiveInt] = CROP_SIZE,
+        max_size: PositiveInt = MAX_SIZE,
     ):
         super().__init__()
+        _check_relations(train_scales, crop_scales, crop_size)
         self.save_hyperparameters()  # a subclass's own arguments when called from a subclass (Lightning's rule)
         self.root = Path(root)
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -319,16 +332,16 @@ class COCOShapesDataModule(COCODataModule):
     def __init__(
         self,
         root: str = "data/coco_shapes",
-        train_images: int = 64,
-        val_images: int = 16,
-        image_size: int = 128,
+        train_images: PositiveInt = 64,
+        val_images: PositiveInt = 16,
+        image_size: PositiveInt = 128,
         seed: int = 0,
-        batch_size: int = 4,
-        num_workers: int = 0,
-        train_scales: tuple[int, ...] = (96, 112, 128, 144, 160),
-        crop_scales: tuple[int, ...] = (80, 96, 112),
-        crop_size: tuple[int, int] = (64, 112),
-        max_size: int = 224,
+        batch_size: PositiveInt = 4,
+        num_workers: NonNegativeInt = 0,
+        train_scales: tuple[PositiveInt, ...] = (96, 112, 128, 144, 160),
+        crop_scales: tuple[PositiveInt, ...] = (80, 96, 112),
+        crop_size: tuple[PositiveInt, PositiveInt] = (64, 112),
+        max_size: PositiveInt = 224,
     ):
         super().__init__(
             root=root,

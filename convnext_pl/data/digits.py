@@ -4,6 +4,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
+from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
@@ -96,11 +97,11 @@ class DigitsDataModule(ClassificationDataModule):
 
     def __init__(
         self,
-        image_size: int = 32,
-        val_fraction: float = 0.2,
+        image_size: PositiveInt = 32,
+        val_fraction: OpenUnitInterval = 0.2,
         seed: int = 0,
-        batch_size: int = 64,
-        num_workers: int = 0,
+        batch_size: PositiveInt = 64,
+        num_workers: NonNegativeInt = 0,
         augment: bool = True,
         predict_dir: str | None = None,
     ):

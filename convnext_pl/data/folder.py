@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torchvision.transforms as T
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveInt
 from lightning.pytorch.utilities import rank_zero_warn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.datasets import ImageFolder
@@ -24,6 +25,7 @@ from convnext_pl.data.transforms import (
 )
 from convnext_pl.data.transforms import train_transform as recipe_train_transform
 from convnext_pl.errors import UserError
+from convnext_pl.ranges import LeftOpenUnitInterval
 
 SHOWN_CORRUPT_PATHS = 5  # how many unreadable files the skip_corrupt warning lists by name
 
@@ -78,15 +80,15 @@ class ImageFolderDataModule(ClassificationDataModule):
     def __init__(
         self,
         root: str,
-        num_classes: int,
-        batch_size: int = 64,
-        num_workers: int = 4,
-        image_size: int = 224,
+        num_classes: PositiveInt,
+        batch_size: PositiveInt = 64,
+        num_workers: NonNegativeInt = 4,
+        image_size: PositiveInt = 224,
         auto_augment: str | None = RECIPE_AUTO_AUGMENT,
-        re_prob: float = RECIPE_RE_PROB,
+        re_prob: ClosedUnitInterval = RECIPE_RE_PROB,
         re_mode: str = "pixel",
         interpolation: str = "bicubic",
-        crop_pct: float = RECIPE_CROP_PCT,
+        crop_pct: LeftOpenUnitInterval = RECIPE_CROP_PCT,
         skip_corrupt: bool = False,
         train_dir: str = "train",
         val_dir: str = "val",

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveInt
 from torchvision.datasets.imagenet import (
     ARCHIVE_META,
     META_FILE,
@@ -15,6 +16,7 @@ from torchvision.datasets.imagenet import (
 from convnext_pl.data.folder import ImageFolderDataModule, list_class_folders
 from convnext_pl.data.transforms import RECIPE_AUTO_AUGMENT, RECIPE_CROP_PCT, RECIPE_RE_PROB
 from convnext_pl.errors import UserError
+from convnext_pl.ranges import LeftOpenUnitInterval
 
 DEVKIT_ARCHIVE = ARCHIVE_META["devkit"][0]  # ILSVRC2012_devkit_t12.tar.gz
 IMAGENET_DOWNLOAD_PAGE = "https://image-net.org/challenges/LSVRC/2012/2012-downloads.php"
@@ -53,15 +55,15 @@ class ImageNetDataModule(ImageFolderDataModule):
     def __init__(
         self,
         root: str = "data/imagenet",
-        num_classes: int = 1000,
-        batch_size: int = 128,
-        num_workers: int = 8,
-        image_size: int = 224,
+        num_classes: PositiveInt = 1000,
+        batch_size: PositiveInt = 128,
+        num_workers: NonNegativeInt = 8,
+        image_size: PositiveInt = 224,
         auto_augment: str | None = RECIPE_AUTO_AUGMENT,
-        re_prob: float = RECIPE_RE_PROB,
+        re_prob: ClosedUnitInterval = RECIPE_RE_PROB,
         re_mode: str = "pixel",
         interpolation: str = "bicubic",
-        crop_pct: float = RECIPE_CROP_PCT,
+        crop_pct: LeftOpenUnitInterval = RECIPE_CROP_PCT,
         skip_corrupt: bool = False,
         layout: Literal["auto", "folder", "devkit"] = "auto",
         train_dir: str = "train",

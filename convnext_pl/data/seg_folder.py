@@ -11,12 +11,14 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
 from convnext_pl.data.seg_transforms import IGNORE_INDEX, seg_eval_transform, seg_train_transform
 from convnext_pl.errors import UserError
+from convnext_pl.ranges import LeftOpenUnitInterval
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -167,12 +169,12 @@ class SegmentationFolderDataModule(L.LightningDataModule):
         val_labels: str = "labels/val",
         reduce_zero_label: bool = False,
         class_names: list[str] | None = None,
-        batch_size: int = 2,
-        num_workers: int = 2,
-        scale: tuple[int, int] = (2048, 512),
-        ratio_range: tuple[float, float] = (0.5, 2.0),
-        crop_size: tuple[int, int] = (512, 512),
-        cat_max_ratio: float = 0.75,
+        batch_size: PositiveInt = 2,
+        num_workers: NonNegativeInt = 2,
+        scale: tuple[PositiveInt, PositiveInt] = (2048, 512),
+        ratio_range: tuple[PositiveFloat, PositiveFloat] = (0.5, 2.0),
+        crop_size: tuple[PositiveInt, PositiveInt] = (512, 512),
+        cat_max_ratio: LeftOpenUnitInterval = 0.75,
         predict_dir: str | None = None,
     ):
         super().__init__()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
@@ -33,9 +34,12 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import ConvNeXtBackbone, create_backbone, dense_layer_ids
 from convnext_pl.models.conversions import mmdet_mask_rcnn_to_torchvision
 from convnext_pl.models.pretrained import load_whole_network
+from convnext_pl.models.registry import DropPathRate
+from convnext_pl.ranges import LeftOpenUnitInterval
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # mmdet img_norm_cfg mean (123.675, 116.28, 103.53) / 255
 IMAGENET_STD = (0.229, 0.224, 0.225)  # mmdet img_norm_cfg std (58.395, 57.12, 57.375) / 255
@@ -87,17 +91,19 @@ def create_mask_rcnn(
     backbone: str = "convnext_tiny",
     num_classes: int | None = None,
     masks: bool = True,
-    drop_path_rate: float = 0.0,
+    drop_path_rate: DropPathRate = 0.0,
     pretrained: str | Path | None = None,
     checkpoint: str | Path | None = None,
-    min_size: int = 800,
-    max_size: int = 1333,
-    fpn_channels: int = FPN_CHANNELS,
-    representation_size: int = 1024,
-    rpn_post_nms_top_n_train: int = 1000,
-    rpn_post_nms_top_n_test: int = 1000,
-    box_batch_size_per_image: int = 512,
-    box_detections_per_img: int = 100,
+    min_size: PositiveInt = 800,
+    max_size: PositiveInt = 1333,
+    fpn_channels: PositiveInt = FPN_CHANNELS,
+    representation_size: PositiveInt = 1024,
+    rpn_post_nms_top_n_train: PositiveInt = 1000,
+    rpn_post_nms_top_n_test: PositiveInt = 1000,
+    box_batch_size_per_image: PositiveInt = 512,
+    box_detections_per_img: PositiveInt = 100,
+    box_score_thresh: ClosedUnitInterval = 0.05,
+    box_nms_thresh: LeftOpenUnitInterval = 0.5,
     **backbone_options,
 ) -> GeneralizedRCNN:
     """Mask R-CNN (or Faster R-CNN with ``masks=False``) with a ConvNeXt backbone (see the module docstring).
@@ -123,9 +129,17 @@ def create_mask_rcnn(
         rpn_post_nms_top_n_test: proposals kept per test image (mmdet ``rpn.max_per_img`` 1000).
         box_batch_size_per_image: RoIs sampled per training image for the box head (mmdet sampler 512).
         box_detections_per_img: detections kept per image (mmdet ``max_per_img`` 100).
+        box_score_thresh: detections below this score are dropped (mmdet ``test_cfg.rcnn.score_thr`` 0.05).
+        box_nms_thresh: IoU above which the box head's NMS suppresses a detection, per class (mmdet
+            ``test_cfg.rcnn.nms.iou_threshold`` 0.5).
         **backbone_options: passed to :func:`convnext_pl.models.backbone.create_backbone`
             (``layer_scale_init_value``, ``patch_size``, ...).
     """
+    if min_size > max_size:  # a relation, which types cannot say
+        raise UserError(
+            f"model.init_args.net.init_args.min_size {min_size} is above max_size {max_size}: the evaluation resize "
+            "takes the shorter side to min_size and caps the longer at max_size; give min_size <= max_size"
+        )
     num_classes = COCO_CLASSES if num_classes is None else num_classes
     body = create_backbone(backbone, drop_path_rate=drop_path_rate, pretrained=pretrained, **backbone_options)
     heads = dict(
@@ -146,6 +160,8 @@ def create_mask_rcnn(
         rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
         box_batch_size_per_image=box_batch_size_per_image,
         box_detections_per_img=box_detections_per_img,
+        box_score_thresh=box_score_thresh,
+        box_nms_thresh=box_nms_thresh,
         **heads,
     )
     model.transform = DetectionTransform(min_size, max_size, list(IMAGENET_MEAN), list(IMAGENET_STD))

@@ -30,8 +30,8 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 # The ranges of create_model's options, declared on their types: jsonargparse checks them when the CLI parses a
 # config (one error line naming the option), and create_model checks them for a call from Python. Both types are
-# registered under their own key: restricted_number_type's [0, 1) key is already taken by module.py's
-# LabelSmoothing, and jsonargparse allows one name per key.
+# registered under their own key: restricted_number_type's [0, 1) key is already taken by convnext_pl.ranges'
+# RightOpenUnitInterval, and jsonargparse allows one name per key.
 
 
 def _in_0_1(cls, value) -> None:

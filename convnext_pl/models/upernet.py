@@ -16,10 +16,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from jsonargparse.typing import PositiveInt
 from torchvision.ops.misc import Conv2dNormActivation
 
 from convnext_pl.models.backbone import ConvNeXtBackbone, create_backbone
 from convnext_pl.models.pretrained import load_whole_network
+from convnext_pl.models.registry import DropPathRate
+from convnext_pl.ranges import RightOpenUnitInterval
 
 
 def conv_module(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -179,12 +182,12 @@ class UperNet(nn.Module):
 def create_upernet(
     backbone: str = "convnext_tiny",
     num_classes: int = 150,
-    drop_path_rate: float = 0.0,
+    drop_path_rate: DropPathRate = 0.0,
     pretrained_backbone: str | None = None,
-    channels: int = 512,
-    aux_channels: int = 256,
-    pool_scales: Sequence[int] = (1, 2, 3, 6),
-    dropout_ratio: float = 0.1,
+    channels: PositiveInt = 512,
+    aux_channels: PositiveInt = 256,
+    pool_scales: Sequence[PositiveInt] = (1, 2, 3, 6),
+    dropout_ratio: RightOpenUnitInterval = 0.1,
     **backbone_options,
 ) -> UperNet:
     """UperNet on a named backbone (official ADE20K configs: ``channels`` 512, auxiliary 256, pools 1-2-3-6).

@@ -14,6 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from jsonargparse.typing import (
+    ClosedUnitInterval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnitInterval,
+    PositiveFloat,
+    PositiveInt,
+)
 from lightning import LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
@@ -23,9 +31,11 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from convnext_pl.checkpointing import refuse_a_checkpoint_that_does_not_fit
 from convnext_pl.errors import UserError
+from convnext_pl.models.backbone import DECAY_TYPES
 from convnext_pl.models.mask_rcnn import detector_layer_ids
 from convnext_pl.module import created_in_code
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_multistep
+from convnext_pl.ranges import LeftOpenUnitInterval
 
 # torchmetrics' result names -> the COCO names logged (and printed by the CLI).
 COCO_METRICS = {
@@ -55,7 +65,7 @@ class MaskRCNNDetector(LightningModule):
         warmup_steps: linear warm-up in optimizer steps (official 500) ...
         warmup_ratio: ... from this fraction of the lr (official 0.001).
         lr_steps: epochs at whose start the lr is multiplied by ``lr_gamma`` (official 3x: 27, 33 of 36).
-        lr_gamma: the step factor (official 0.1).
+        lr_gamma: the step factor, in (0, 1) (official 0.1; no steps: an empty ``lr_steps``).
         mask_threshold: mask probability above which a pixel belongs to the instance (mmdet 0.5).
         draw_images: images ``predict`` draws detections on.
         draw_score_threshold: detections drawn have at least this score.
@@ -64,22 +74,26 @@ class MaskRCNNDetector(LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        lr: float = 1e-4,
-        lr_reference_batch: int | None = None,
-        weight_decay: float = 0.05,
+        lr: PositiveFloat = 1e-4,
+        lr_reference_batch: PositiveInt | None = None,
+        weight_decay: NonNegativeFloat = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
-        layer_decay: float | None = None,
+        layer_decay: LeftOpenUnitInterval | None = None,
         decay_type: str = "layer_wise",
-        num_layers: int = 6,
-        warmup_steps: int = 0,
-        warmup_ratio: float = 0.001,
-        lr_steps: tuple[int, ...] = (),
-        lr_gamma: float = 0.1,
-        mask_threshold: float = 0.5,
-        draw_images: int = 8,
-        draw_score_threshold: float = 0.5,
+        num_layers: PositiveInt = 6,
+        warmup_steps: NonNegativeInt = 0,
+        warmup_ratio: ClosedUnitInterval = 0.001,
+        lr_steps: tuple[PositiveInt, ...] = (),
+        lr_gamma: OpenUnitInterval = 0.1,
+        mask_threshold: OpenUnitInterval = 0.5,
+        draw_images: NonNegativeInt = 8,
+        draw_score_threshold: ClosedUnitInterval = 0.5,
     ):
         super().__init__()
+        if decay_type not in DECAY_TYPES:  # else refused only when the optimizer is built, in a run folder
+            raise UserError(
+                f"model.init_args.decay_type '{decay_type}' is unknown; use one of {', '.join(DECAY_TYPES)}"
+            )
         self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
         self.net = net
         self.has_masks = net.roi_heads.has_mask()

@@ -14,6 +14,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from jsonargparse.typing import (
+    ClosedUnitInterval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
@@ -27,6 +34,7 @@ from convnext_pl.models.backbone import DECAY_TYPES, dense_layer_ids
 from convnext_pl.models.upernet import resize
 from convnext_pl.module import created_in_code
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_poly
+from convnext_pl.ranges import LeftOpenUnitInterval
 from convnext_pl.tasks.inference import InferenceMode, segment
 
 
@@ -70,29 +78,32 @@ class SemanticSegmenter(LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        lr: float = 1e-4,
-        lr_reference_batch: int | None = None,
-        weight_decay: float = 0.05,
+        lr: PositiveFloat = 1e-4,
+        lr_reference_batch: PositiveInt | None = None,
+        weight_decay: NonNegativeFloat = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        warmup_ratio: float = 1e-6,
-        poly_power: float = 1.0,
-        min_lr: float = 0.0,
-        layer_decay: float | None = None,
+        warmup_steps: NonNegativeInt = 0,
+        warmup_ratio: ClosedUnitInterval = 1e-6,
+        poly_power: NonNegativeFloat = 1.0,
+        min_lr: NonNegativeFloat = 0.0,
+        layer_decay: LeftOpenUnitInterval | None = None,
         decay_type: str = "stage_wise",
-        num_layers: int = 6,
-        aux_weight: float = 0.4,
+        num_layers: PositiveInt = 6,
+        aux_weight: NonNegativeFloat = 0.4,
         inference: InferenceMode = "whole",
-        slide_crop: tuple[int, int] = (512, 512),
-        slide_stride: tuple[int, int] = (341, 341),
-        test_scales: tuple[float, ...] = (1.0,),
+        slide_crop: tuple[PositiveInt, PositiveInt] = (512, 512),
+        slide_stride: tuple[PositiveInt, PositiveInt] = (341, 341),
+        test_scales: tuple[PositiveFloat, ...] = (1.0,),
         flip: bool = False,
         pretrained: str | None = None,
         pretrained_backbone: str | None = None,
     ):
         super().__init__()
         if decay_type not in DECAY_TYPES:
-            raise UserError(f"decay_type '{decay_type}' is unknown; use one of {', '.join(DECAY_TYPES)}.")
+            raise UserError(
+                f"model.init_args.decay_type '{decay_type}' is unknown; use one of {', '.join(DECAY_TYPES)}"
+            )
+        _check_relations(lr, min_lr, slide_crop, slide_stride, test_scales)
         self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
         self.net = net
         self.num_classes = net.num_classes
@@ -245,3 +256,19 @@ def iou_from_confusion(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     accuracy = true_positive.sum() / matrix.sum().clamp(min=1)
     return iou, accuracy
 
+
+def _check_relations(lr, min_lr, slide_crop, slide_stride, test_scales) -> None:
+    """What the option types cannot say: relations between options (their ranges are on the types)."""
+    if min_lr > lr:
+        raise UserError(
+            f"model.init_args.min_lr {min_lr} is above model.init_args.lr {lr}: the poly decay would climb; "
+            "give a min_lr <= lr"
+        )
+    if any(stride > crop for crop, stride in zip(slide_crop, slide_stride, strict=True)):
+        # mmseg's slide_inference asserts every pixel is in a window; a stride above the crop leaves gaps.
+        raise UserError(
+            f"model.init_args.slide_stride {tuple(slide_stride)} is larger than model.init_args.slide_crop "
+            f"{tuple(slide_crop)}: the windows would leave pixels out; give a stride <= the crop"
+        )
+    if not test_scales:
+        raise UserError("model.init_args.test_scales is empty; give at least one scale, e.g. [1.0]")
