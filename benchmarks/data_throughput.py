@@ -9,9 +9,9 @@ CIFAR and the JPEG image folder are written into a temporary folder in their gen
 (500x375, quality 90) read with the full ImageNet training transform at 224: RandomResizedCrop, flip,
 RandAugment rand-m9-mstd0.5-inc1, normalise, random erasing 0.25. Each measurement iterates the training
 loader: ``--warmup`` batches untimed (worker start-up included there), then ``--batches`` timed batches.
-``jpeg-folder-224-fast`` is the same folder with ``fast_pipeline: true``; its uint8 batches are finished
-(normalise + random erasing) by the data module's batch hooks here on the CPU, inside the timed loop, where a
-training run does it on the GPU. ``--stages`` adds the per-stage table (``data_stages.py``) and the CPU cores per
+``jpeg-folder-224-fast`` is the same folder with ``fast_pipeline: true``; the device half of its transform
+(RandAugment, normalise + random erasing, done on the GPU in a training run) is outside the timed loop, and timed on
+this CPU, for scale, by ``--stages``. ``--stages`` adds the per-stage table (``data_stages.py``) and the CPU cores per
 GPU a given training speed needs at each path's per-core rate.
 """
 
@@ -88,17 +88,24 @@ def write_data(data_dir: Path, images_needed: int, cifar: bool = True) -> None:
 
 
 def measure(module: ClassificationDataModule, warmup: int, batches: int) -> float:
-    """Images per second over ``batches`` training batches, after ``warmup`` untimed ones."""
+    """Images per second the training loader delivers over ``batches`` batches, after ``warmup`` untimed ones.
+
+    The fast path's device half (RandAugment, normalise, erase) is not in the timed loop: a training run does it on
+    the GPU, and here it would take this process's CPU from the workers. The last batch is finished afterwards,
+    untimed, by the module's hooks, so the measurement covers a batch the model can take.
+    """
     module.setup("fit")
     iterator = iter(module.train_dataloader())
     for _ in range(warmup):
         next(iterator)
     start, images = time.perf_counter(), 0
     for _ in range(batches):
-        # The fast path's uint8 batches are finished here, on this CPU (a training run does it on the GPU).
-        batch = module.on_after_batch_transfer(module.on_before_batch_transfer(next(iterator), 0), 0)
-        images += len(batch[0])
+        batch = next(iterator)
+        images += len(batch[1])
     elapsed = time.perf_counter() - start
+    finished = module.on_after_batch_transfer(module.on_before_batch_transfer(batch, 0), 0)
+    if len(finished) != 2 or finished[0].dtype != torch.float32:
+        raise RuntimeError(f"{type(module).__name__} did not finish its training batch")
     del iterator  # shut the workers down before the next measurement
     return images / elapsed
 
@@ -159,10 +166,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             paths = data_stages.stage_paths(data_dir / "folder", args.stage_images)
             stages = data_stages.measure_stages(paths, 224, args.rounds)
             stages["pixel_differences"] = data_stages.pixel_differences(paths, 224)
+            stages["rand_augment_op_differences"] = data_stages.rand_augment_op_differences(paths, 224)
             data_stages.print_stage_table(stages)
             print_cores_per_gpu(stages, args.gpu_images_per_s)
             for name, mad in stages["pixel_differences"].items():
-                print(f"mean abs difference, {name}: {mad:.3f} of 255 ({len(paths)} images)")
+                print(f"mean abs difference, {name}: {mad:.4f} of 255 ({len(paths)} images)")
+            ops = ", ".join(f"{op} {mad:.4f}" for op, mad in stages["rand_augment_op_differences"].items())
+            print(f"mean abs difference per RandAugment op at magnitude 9, device vs timm's PIL: {ops}")
             print(flush=True)
         factories = _modules(data_dir)
         for name in names:

@@ -2,8 +2,9 @@
 
 Every module stores its arguments in ``__init__`` and reads the disk only in ``prepare_data``/``setup``, and
 every classification loader yields ``(images: FloatTensor[N, 3, H, W], targets: LongTensor[N])``, except the
-training loader of the fast input path (``fast_pipeline: true``): ``(uint8 images, targets, sample seeds)``, which
-the module's batch-transfer hooks turn into the float pair on the device (``batch_augment.py``).
+training loader of the fast input path (``fast_pipeline: true``): ``(AugmentedImage(uint8 images, RandAugment op
+ids, op arguments), targets, sample seeds)``, which the module's batch-transfer hooks turn into the float pair on
+the device (``rand_augment.py``, ``batch_augment.py``).
 """
 
 from convnext_pl.data.ade20k import ADE20KDataModule, SyntheticScenesDataModule

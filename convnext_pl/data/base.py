@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from convnext_pl.data.batch_augment import NormalizeErase
+from convnext_pl.data.batch_augment import DeviceAugment
 from convnext_pl.data.images import ImagePathDataset
+from convnext_pl.data.rand_augment import AugmentedImage
 from convnext_pl.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
 from convnext_pl.errors import UserError
 from convnext_pl.seeding import run_seed
@@ -58,8 +59,11 @@ class ClassificationDataModule(L.LightningDataModule):
         self._train_loader: ResumableDataLoader | None = None
         self._train_loader_state: dict | None = None  # from a checkpoint, for the next train_dataloader()
         # Set by subclasses whose training loader yields uint8 images: it finishes them on the device.
-        self.batch_augment: NormalizeErase | None = None
-        self._batch_seed: int | None = None  # of the batch between on_before_ and on_after_batch_transfer
+        self.batch_augment: DeviceAugment | None = None
+        # Of the batch between on_before_ and on_after_batch_transfer: its seed and its RandAugment draws (on the
+        # host, where BatchRandAugment groups the images by op).
+        self._batch_seed: int | None = None
+        self._batch_draws: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -137,24 +141,30 @@ class ClassificationDataModule(L.LightningDataModule):
         )
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        """Fast path: take the sample seeds off a uint8 training batch before it travels to the device."""
-        self._batch_seed = None
-        if self.batch_augment is not None and len(batch) == 3 and batch[0].dtype == torch.uint8:
-            images, targets, seeds = batch
-            # The first sample's seed stands for the batch (-1: a sampler Lightning substituted, unseeded).
-            self._batch_seed = int(seeds[0]) if int(seeds[0]) >= 0 else None
-            return images, targets
-        return batch
+        """Fast path: take the sample seeds and RandAugment draws off a uint8 training batch before it travels to
+        the device."""
+        self._batch_seed, self._batch_draws = None, None
+        if self.batch_augment is None or len(batch) != 3:
+            return batch
+        images, targets, seeds = batch
+        if isinstance(images, AugmentedImage):  # collated: images [N, 3, S, S], ops and args [N, L]
+            images, self._batch_draws = images.image, (images.ops, images.args)
+        if images.dtype != torch.uint8:
+            return batch
+        # The first sample's seed stands for the batch (-1: a sampler Lightning substituted, unseeded).
+        self._batch_seed = int(seeds[0]) if int(seeds[0]) >= 0 else None
+        return images, targets
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Fast path: normalise and randomly erase a uint8 training batch on its device (``batch_augment.py``).
+        """Fast path: RandAugment, normalise and randomly erase a uint8 training batch on its device
+        (``batch_augment.py``).
 
         Evaluation batches are float already (the evaluation transform is the released weights' own) and pass.
         """
         images, *rest = batch
         if self.batch_augment is None or images.dtype != torch.uint8:
             return batch
-        return (self.batch_augment(images, self._batch_seed), *rest)
+        return (self.batch_augment(images, self._batch_seed, self._batch_draws), *rest)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches, resumable mid-epoch; the last incomplete batch is dropped."""

@@ -4,8 +4,8 @@ Measured per image on one core (``benchmarks/data_throughput.py --stages``, 500x
 CPU time goes to JPEG decoding, the bicubic crop-resize on a PIL image and RandAugment.
 :class:`DecodeRandomResizedCrop` decodes with ``torchvision.io.decode_image`` (the same libjpeg-turbo IDCT as
 Pillow: identical pixels, with less Python around it) and resizes only the crop, on the uint8 tensor, with torch's
-antialiased bicubic kernel (mean abs difference to Pillow's 0.03 of 255). RandAugment stays Pillow's: an exact
-row-wise shear/translate (one 1-D cubic per row) was tried and was no faster in the pipeline on this machine.
+antialiased bicubic kernel (mean abs difference to Pillow's 0.03 of 255). The image stays a uint8 tensor from
+there on: the flip is torchvision's on tensors and RandAugment is only drawn in the worker (``rand_augment.py``).
 """
 
 import numpy as np
@@ -20,7 +20,7 @@ from convnext_pl.data.images import CorruptImageError
 
 
 class DecodeRandomResizedCrop:
-    """Encoded image bytes -> a random crop resized to ``size`` (PIL RGB), as timm's
+    """Encoded image bytes -> a random crop resized to ``size`` (uint8 [3, S, S]), as timm's
     ``RandomResizedCropAndInterpolation`` with bicubic does on a PIL image.
 
     The crop is drawn by timm's ``get_params`` (python's ``random``, the same draws as the recipe); decoding is
@@ -40,7 +40,7 @@ class DecodeRandomResizedCrop:
         self.scale = tuple(scale)
         self.ratio = tuple(ratio)
 
-    def __call__(self, encoded: tuple[str, torch.Tensor]) -> Image.Image:
+    def __call__(self, encoded: tuple[str, torch.Tensor]) -> torch.Tensor:
         return self.crop(self.decode(encoded))
 
     @staticmethod
@@ -55,17 +55,17 @@ class DecodeRandomResizedCrop:
                 "data.init_args.skip_corrupt: true to leave unreadable images out"
             ) from err
 
-    def crop(self, image: torch.Tensor) -> Image.Image:
-        """A random crop of a decoded uint8 [3, H, W] image, resized to ``size``, as a PIL image."""
+    def crop(self, image: torch.Tensor) -> torch.Tensor:
+        """A random crop of a decoded uint8 [3, H, W] image, resized to ``size``: uint8 [3, S, S]."""
         top, left, height, width = RandomResizedCropAndInterpolation.get_params(image, self.scale, self.ratio)
         # decode_image's (3, H, W) is a view of (H, W, 3) memory. Only the crop is copied, kept channels-last, so
-        # torch's uint8 antialiased kernel (the one torchvision's resized_crop calls) writes channels-last too and
-        # PIL takes the result without a layout copy (measured: 0.5 ms against 1.1 ms through NCHW).
+        # torch's uint8 antialiased kernel (the one torchvision's resized_crop calls) runs on its fast channels-last
+        # path (measured: 0.5 ms against 1.1 ms through NCHW).
         crop = image[None, :, top : top + height, left : left + width]
         crop = crop.contiguous(memory_format=torch.channels_last)
         size = (self.size, self.size)
         resized = F.interpolate(crop, size=size, mode=self.interpolation.value, antialias=True)
-        return Image.fromarray(resized[0].permute(1, 2, 0).numpy())  # (3, S, S) -> (S, S, 3), contiguous
+        return resized[0]  # (3, S, S), channels-last strides; the batch collate makes it contiguous
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, {self.interpolation.value})"
@@ -77,6 +77,9 @@ def read_encoded(path: str) -> tuple[str, torch.Tensor]:
         return path, torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
 
 
-def mean_abs_difference(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray) -> float:
-    """Mean absolute difference of two uint8 images, in 0..255 levels."""
+def mean_abs_difference(
+    a: Image.Image | np.ndarray | torch.Tensor, b: Image.Image | np.ndarray | torch.Tensor
+):
+    """Mean absolute difference of two uint8 images, in 0..255 levels (tensors are [3, H, W], the rest H, W, 3)."""
+    a, b = (x.permute(1, 2, 0).numpy() if isinstance(x, torch.Tensor) else x for x in (a, b))
     return float(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).mean())

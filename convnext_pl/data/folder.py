@@ -13,9 +13,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.datasets import ImageFolder
 
 from convnext_pl.data.base import ClassificationDataModule
-from convnext_pl.data.batch_augment import NormalizeErase
+from convnext_pl.data.batch_augment import DeviceAugment
 from convnext_pl.data.fast_augment import read_encoded
 from convnext_pl.data.images import find_unreadable, load_rgb
+from convnext_pl.data.rand_augment import device_rand_augment
 from convnext_pl.data.transforms import (
     RECIPE_AUTO_AUGMENT,
     RECIPE_CROP_PCT,
@@ -72,8 +73,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         std: per-channel normalisation std.
         predict_dir: folder of images to classify with ``predict``.
         fast_pipeline: train with the fast input path: workers decode with ``torchvision.io``, crop and resize on
-            uint8, and yield uint8 batches (plus sample seeds) that ``on_after_batch_transfer`` normalises and
-            erases on the device; the same augmentation draws, about 1.5x the images per CPU core
+            uint8, draw RandAugment's ops and magnitudes, and yield uint8 batches (plus the draws and sample seeds)
+            that ``on_after_batch_transfer`` RandAugments, normalises and erases on the device; the same
+            augmentation draws and Pillow's pixels, about 2.3x the images per CPU core
             (``benchmarks/data_throughput.py --stages``). Evaluation is unchanged.
     """
 
@@ -113,7 +115,11 @@ class ImageFolderDataModule(ClassificationDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.fast_pipeline = fast_pipeline
         if fast_pipeline:
-            self.batch_augment = NormalizeErase(self.mean, self.std, re_prob, re_mode)
+            # Built now (no disk involved), so that a policy the device kernels do not cover is refused at once.
+            device_half = device_rand_augment(self.train_transform())
+            self.batch_augment = DeviceAugment(
+                self.mean, self.std, re_prob, re_mode, rand_augment=device_half
+            )
 
     @property
     def num_classes(self) -> int:
@@ -122,7 +128,9 @@ class ImageFolderDataModule(ClassificationDataModule):
     def train_transform(self) -> T.Compose:
         """The recipe's training transform at ``image_size`` (its worker half on the fast path)."""
         if self.fast_pipeline:
-            return fast_train_transform(self.image_size, self.auto_augment, self.interpolation)
+            return fast_train_transform(
+                self.image_size, self.auto_augment, self.interpolation, mean=self.mean
+            )
         return recipe_train_transform(self.image_size, auto_augment=self.auto_augment, re_prob=self.re_prob,
                                       re_mode=self.re_mode, interpolation=self.interpolation,
                                       mean=self.mean, std=self.std)  # fmt: skip

@@ -13,6 +13,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from timm.data import auto_augment as timm_auto_augment
 
 from convnext_pl.data.fast_augment import DecodeRandomResizedCrop
+from convnext_pl.data.rand_augment import RandAugmentDraws
 
 # Paper Table 5 / official main.py defaults.
 RECIPE_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
@@ -101,34 +102,44 @@ def fast_train_transform(
     interpolation: str = "bicubic",
     hflip: float = 0.5,
     scale: tuple[float, float] = (0.08, 1.0),
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
 ) -> T.Compose:
-    """The worker half of :func:`train_transform` for the fast path: encoded file -> uint8 [3, S, S] tensor.
+    """The worker half of :func:`train_transform` for the fast path: encoded file -> uint8 image + RandAugment draws.
 
-    The same random draws in the same order (timm's crop parameters, the flip, RandAugment), with decoding by
-    ``torchvision.io`` and the crop resized on the uint8 tensor (:class:`~convnext_pl.data.fast_augment.
-    DecodeRandomResizedCrop`).
-    Normalisation and random erasing follow on the device (:class:`~convnext_pl.data.batch_augment.
-    NormalizeErase`). This is timm's own ``use_prefetcher`` transform with those pieces replaced.
+    The same random draws in the same order (timm's crop parameters, the flip, RandAugment's ops and magnitudes),
+    with decoding by ``torchvision.io``, the crop resized on the uint8 tensor (:class:`~convnext_pl.data.
+    fast_augment.DecodeRandomResizedCrop`), the flip on the tensor, and RandAugment only drawn
+    (:class:`~convnext_pl.data.rand_augment.RandAugmentDraws`): applying it, normalisation and random erasing
+    follow on the device (:class:`~convnext_pl.data.batch_augment.DeviceAugment`). This is timm's own
+    ``use_prefetcher`` transform with those pieces replaced.
 
     Args:
         image_size: output side length.
-        auto_augment: timm RandAugment/AutoAugment string; None disables it.
+        auto_augment: timm RandAugment string; None disables it.
         interpolation: ``bicubic`` (the recipe's) or ``bilinear``, for the crop and RandAugment's geometric ops.
         hflip: horizontal flip probability.
         scale: area range of the random crop.
+        mean: normalisation mean (0..1 scale); timm fills RandAugment's geometric ops with it.
 
     Returns:
-        A transform mapping ``(path, encoded bytes as a uint8 tensor)`` to a uint8 tensor [3, S, S].
+        A transform mapping ``(path, encoded bytes as a uint8 tensor)`` to an
+        :class:`~convnext_pl.data.rand_augment.AugmentedImage` (a uint8 tensor [3, S, S] without RandAugment).
+
+    Raises:
+        UserError: ``auto_augment`` is not a RandAugment the device kernels cover.
     """
     if interpolation not in ("bicubic", "bilinear"):
         raise ValueError(f"the fast pipeline resizes with bicubic or bilinear, got {interpolation!r}")
+    # color_jitter None as in train_transform: timm adds its default ColorJitter(0.4) when RandAugment is off.
     transform = create_transform(
-        image_size, is_training=True, scale=scale, hflip=hflip, auto_augment=auto_augment,
-        interpolation=interpolation, use_prefetcher=True, re_prob=0.0,
+        image_size, is_training=True, scale=scale, hflip=hflip, color_jitter=None, auto_augment=auto_augment,
+        interpolation=interpolation, use_prefetcher=True, re_prob=0.0, mean=tuple(mean),
     )  # fmt: skip
-    crop = transform.transforms[0]
-    transform.transforms[0] = DecodeRandomResizedCrop(image_size, crop.scale, crop.ratio, interpolation)
-    return _patch_posterize(transform)
+    crop, flip, *augment, _ = transform.transforms  # timm's: crop, flip, [RandAugment], MaybePILToTensor
+    steps = [DecodeRandomResizedCrop(image_size, crop.scale, crop.ratio, interpolation), flip]
+    if augment:
+        steps.append(RandAugmentDraws(augment[0]))
+    return T.Compose(steps)
 
 
 def small_image_train_transform(
