@@ -88,16 +88,21 @@ class NonFiniteLossGuard(Callback):
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         optimizer = getattr(optimizer, "_optimizer", optimizer)  # Lightning's wrapper -> the torch optimizer
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        bad = _non_finite(grads, self._counters["step"].device)
         if self._loss_bad is not None:
-            bad = bad | self._loss_bad
-        loss = self._loss if self._loss_bad is not None else torch.full_like(self._first_loss, float("nan"))
+            found, loss = self._loss_bad.float(), self._loss  # 1.0: the loss was not finite
+        else:  # no backward hook ran (manual optimisation): the gradients alone decide
+            found, loss = (
+                torch.zeros((), device=self._first_loss.device),
+                self._first_loss.new_tensor(float("nan")),
+            )
         self._loss_bad = None
+        _mark_non_finite(grads, found)
+        bad = found > 0
         self._count(bad, loss)
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return  # the gradient scaler skips steps with non-finite gradients by itself
         if all(group.get("fused") for group in optimizer.param_groups):
-            optimizer.found_inf = bad.float()  # read by the fused kernel: 1 skips the update on the device
+            optimizer.found_inf = found  # read by the fused kernel: 1 skips the update on the device
             self._flagged.append(optimizer)
         elif bool(bad):  # an optimizer without found_inf: decide on the host (a synchronisation per step)
             # Optimizers leave a parameter without a gradient untouched: no update, no momentum, no decay.
@@ -170,8 +175,9 @@ class NonFiniteLossGuard(Callback):
         self.skipped_steps = state_dict["skipped_steps"]
 
 
-def _non_finite(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """A device bool: is any element of ``grads`` NaN or infinite? No synchronisation.
+def _mark_non_finite(grads: list[torch.Tensor], found: torch.Tensor) -> None:
+    """Set the float ``found`` to 1 where any element of ``grads`` is NaN or infinite (else leave it); no
+    synchronisation.
 
     The gradient scaler's own kernel (``torch._amp_foreach_non_finite_check_and_unscale_``, here with scale 1,
     which leaves the values as they are) checks every element exactly, in one fused pass per device and dtype:
@@ -179,7 +185,6 @@ def _non_finite(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor
     (2.2 against 14 ms for ConvNeXt-atto's 3.7M gradients, one thread). A sharded gradient (FSDP2's DTensor) is
     checked in its local shard.
     """
-    found = torch.zeros((), dtype=torch.float32, device=device)
     by_kind: dict[tuple, list[torch.Tensor]] = {}
     for grad in grads:
         grad = grad.to_local() if hasattr(grad, "to_local") else grad
@@ -189,5 +194,4 @@ def _non_finite(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor
         scale = torch.ones((), dtype=torch.float32, device=grad_device)
         torch._amp_foreach_non_finite_check_and_unscale_(group, found_here, scale)
         if found_here is not found:
-            found += found_here.to(device, non_blocking=True)
-    return found > 0
+            found.copy_(torch.maximum(found, found_here.to(found.device, non_blocking=True)))

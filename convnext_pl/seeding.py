@@ -48,8 +48,16 @@ def derive_seed(*keys: int) -> int:
 
 
 def seed_all(seed: int) -> None:
-    """Seed torch (CPU and every accelerator), numpy's and python's global generators with ``seed``."""
-    torch.manual_seed(seed)
+    """Seed torch (CPU and every accelerator in use), numpy's and python's global generators with ``seed``."""
+    torch.random.default_generator.manual_seed(seed)
+    # Not torch.manual_seed: for each accelerator backend that is not initialised (CUDA on a CPU machine, XPU and
+    # MTIA on a CUDA one) it queues the seed and records the caller's stack (traceback.format_stack), 0.6 ms per
+    # training step deep in Lightning's loop, for generators the step never draws from.
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
+    if torch.xpu.is_initialized():
+        torch.xpu.manual_seed_all(seed)
+    torch.mps.manual_seed(seed)  # a no-op without MPS
     np.random.seed(seed)
     random.seed(seed)
 

@@ -5,6 +5,7 @@ its promise (a non-finite step changes no weight; the stop names the step, at mo
 import collections
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -14,7 +15,7 @@ from helpers.callbacks import PoisonBatches
 
 import convnext_pl
 from convnext_pl.cli import cli_main
-from convnext_pl.guards import NonFiniteLossError
+from convnext_pl.guards import NonFiniteLossError, NonFiniteLossGuard
 
 PACKAGE = str(Path(convnext_pl.__file__).parent)
 # What copies a tensor's value to the host (and, on an accelerator, waits for the queued work to finish).
@@ -100,3 +101,33 @@ def test_a_nan_step_changes_no_weight_and_the_stop_comes_within_one_log_interval
     assert sums[7] == sums[6] and sums[6] != sums[5] and sums[8] != sums[7]
     assert cli.trainer.global_step == 10
     assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_changes_no_weight():
+    net = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)  # what build_optimizer returns
+    guard = NonFiniteLossGuard()
+    trainer = SimpleNamespace(global_step=0, log_every_n_steps=50, precision_plugin=None)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    guard.on_train_start(trainer, module)
+
+    def step(poison: bool) -> list[torch.Tensor]:
+        loss = net(torch.ones(2, 4)).square().mean()
+        guard.on_before_backward(trainer, module, loss)
+        loss.backward()
+        if poison:  # an overflow in the backward pass: the loss is finite, one gradient is not
+            net.weight.grad[0, 0] = float("inf")
+        guard.on_before_optimizer_step(trainer, module, optimizer)
+        optimizer.step()
+        optimizer.zero_grad()
+        trainer.global_step += 1
+        guard.on_train_batch_end(trainer, module, None, None, 0)
+        return [p.detach().clone() for p in net.parameters()]
+
+    start = [p.detach().clone() for p in net.parameters()]
+    after_bad = step(poison=True)
+    assert all(torch.equal(a, b) for a, b in zip(start, after_bad, strict=True))
+    assert optimizer.state[net.weight]["step"].item() == 0  # the moments and step count are untouched too
+    after_good = step(poison=False)
+    assert not torch.equal(after_good[0], after_bad[0])  # the flag does not outlive its step
+    assert guard._counters["bad"].item() == 1 and guard._counters["first"].item() == 0

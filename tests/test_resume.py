@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from convnext_pl.checkpointing import find_last_checkpoint
 from convnext_pl.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
-from convnext_pl.seeding import StepSeeding, derive_seed
+from convnext_pl.seeding import StepSeeding, derive_seed, seed_all
 
 # 2 epochs of 4 batches; last.ckpt every 3 steps (3 and 6 are mid-epoch). Every source of randomness of the recipe
 # is on: augmentation (torch), drop path (torch), Mixup/CutMix (numpy), and EMA state to restore.
@@ -197,6 +197,16 @@ def test_step_seeding_depends_on_the_step_and_rank_only_and_its_seed_is_checkpoi
     restored = StepSeeding()
     restored.load_state_dict(seeding.state_dict())
     assert restored.seed == 11
+
+
+@pytest.mark.gpu
+def test_step_seeding_seeds_the_gpu_generator_too():
+    torch.zeros(1, device="cuda")  # CUDA is initialised once the model is on the GPU, before the first step
+    seed_all(5)
+    first = torch.rand(3, device="cuda")
+    torch.rand(100, device="cuda")
+    seed_all(5)
+    assert torch.equal(torch.rand(3, device="cuda"), first)  # drop-path masks on the GPU repeat as well
 
 
 def test_last_checkpoint_is_the_newest_of_any_version(tmp_path):
