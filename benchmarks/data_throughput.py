@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             data_stages.print_stage_table(stages)
             print_cores_per_gpu(stages, args.gpu_images_per_s)
             for name, mad in stages["pixel_differences"].items():
-                print(f"mean abs difference, {name}: {mad:.4f} of 255 ({len(paths)} images)")
-            ops = ", ".join(f"{op} {mad:.4f}" for op, mad in stages["rand_augment_op_differences"].items())
+                print(f"mean abs difference, {name}: {mad:.5f} of 255 ({len(paths)} images)")
+            ops = ", ".join(f"{op} {mad:.5f}" for op, mad in stages["rand_augment_op_differences"].items())
             print(f"mean abs difference per RandAugment op at magnitude 9, device vs timm's PIL: {ops}")
             print(flush=True)
         factories = _modules(data_dir)

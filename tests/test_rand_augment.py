@@ -145,3 +145,18 @@ def test_a_policy_without_device_kernels_is_refused_when_the_data_module_is_buil
     with pytest.raises(UserError, match="fast_pipeline: false"):
         ImageFolderDataModule(root="data", num_classes=2, auto_augment=policy, fast_pipeline=True)
     ImageFolderDataModule(root="data", num_classes=2, auto_augment=policy)  # the recipe's path takes it
+
+
+@pytest.mark.gpu
+def test_the_kernels_give_the_same_pixels_on_the_gpu():
+    """Every op on a CUDA batch, as on the CPU (the float32 taps of the geometric ops may round one level apart)."""
+    pictures = torch.stack([_tensor(p) for p in _pictures(len(KERNELS))])
+    ops = torch.stack([torch.arange(len(KERNELS)), torch.arange(len(KERNELS)).roll(1)], dim=1)
+    args = torch.tensor([[0.3, 12.0]] * len(KERNELS), dtype=torch.float64)
+    args[:, 0] = torch.tensor(
+        [1.0, 1.0, 1.0, 21.0, 2.0, 100.0, 40.0, 1.6, 0.4, 1.3, 1.8, 0.2, -0.2, 0.3, -0.3, 9.0, -9.0]
+    )
+    device = BatchRandAugment((124, 116, 104))
+    on_cpu = device(pictures, ops, args)
+    on_gpu = device(pictures.cuda(), ops.cuda(), args.cuda()).cpu()
+    assert (on_cpu.int() - on_gpu.int()).abs().max() <= 1 and (on_cpu != on_gpu).float().mean() < 1e-3

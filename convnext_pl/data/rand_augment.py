@@ -127,27 +127,41 @@ class BatchRandAugment:
     def __init__(self, fill: tuple[int, int, int], interpolation: str = "bicubic"):
         self.fill = tuple(fill)
         self.interpolation = interpolation
+        self._fill: dict[torch.device, torch.Tensor] = {}
 
     def __call__(self, images: torch.Tensor, ops: torch.Tensor, args: torch.Tensor) -> torch.Tensor:
-        """images uint8 [N, 3, H, W] (any device), ops int64 [N, L], args float64 [N, L] -> uint8 [N, 3, H, W]."""
+        """images uint8 [N, 3, H, W] (any device), ops int64 [N, L], args float64 [N, L] -> uint8 [N, 3, H, W].
+
+        The grouping is decided on the host, from the op ids; the device gets one permutation per layer (sorting
+        the images by op, so that each group is a slice) in one copy, and nothing waits for it: no device sync.
+        """
         device, size = images.device, tuple(images.shape[-2:])
-        ops = ops.cpu()  # the grouping is decided on the host: one small copy, not a device sync per op
-        args = args.to(device, torch.float64)
-        fill = torch.tensor(self.fill, dtype=torch.uint8, device=device)
-        images = images.clone()
+        ops = ops.cpu()
+        orders = torch.argsort(ops, dim=0, stable=True)  # (N, L): the batch sorted by op id, per layer
+        device_orders = orders.to(device, non_blocking=True)
+        args = args.to(device, torch.float64, non_blocking=True)
         for layer in range(ops.shape[1]):
-            column = ops[:, layer]
-            for op_id in column.unique().tolist():
-                if op_id == NO_OP:
-                    continue
-                index = (column == op_id).nonzero().squeeze(1).to(device)
-                kernel, values = KERNELS[op_id], args[index, layer]
-                if kernel in kernels.GEOMETRIC:
-                    matrices = kernels.GEOMETRIC[kernel](values, size)
-                    images[index] = kernels.affine(images[index], matrices, fill, self.interpolation)
-                else:
-                    images[index] = kernels.PIXELWISE[kernel](images[index], values)
+            op_ids, counts = torch.unique_consecutive(ops[orders[:, layer], layer], return_counts=True)
+            order = device_orders[:, layer]
+            batch, values = images[order], args[order, layer]  # a new tensor: the input batch stays as it is
+            start = 0
+            for op_id, count in zip(op_ids.tolist(), counts.tolist(), strict=True):
+                group, start = slice(start, start + count), start + count
+                if op_id != NO_OP:
+                    batch[group] = self._apply(KERNELS[op_id], batch[group], values[group], size)
+            images = torch.empty_like(batch).index_copy_(0, order, batch)  # back in the batch's order
         return images
+
+    def _apply(self, kernel: str, images: torch.Tensor, values: torch.Tensor, size: tuple[int, int]):
+        if kernel not in kernels.GEOMETRIC:
+            return kernels.PIXELWISE[kernel](images, values)
+        matrix, along_x, along_y = kernels.GEOMETRIC[kernel]
+        fill = self._fill.get(images.device)
+        if fill is None:
+            fill = self._fill[images.device] = torch.tensor(
+                self.fill, dtype=torch.uint8, device=images.device
+            )
+        return kernels.affine(images, matrix(values, size), fill, self.interpolation, along_x, along_y)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(fill={self.fill}, interpolation={self.interpolation})"

@@ -70,7 +70,9 @@ def brightness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
 
 def sharpness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """``ImageEnhance.Sharpness``: blend with ``ImageFilter.SMOOTH`` of the image (border pixels unfiltered)."""
-    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=images.device) / 13
+    kernel = torch.ones(3, 3, device=images.device)  # made on the device: no host copy, no sync
+    kernel[1, 1] = 5.0
+    kernel /= 13
     channels = images.shape[1]
     smooth = F.conv2d(images.float(), kernel.expand(channels, 1, 3, 3), groups=channels)  # (n, C, H-2, W-2)
     degenerate = images.clone()
@@ -132,14 +134,22 @@ def _linear(v1: torch.Tensor, v2: torch.Tensor, d: torch.Tensor) -> torch.Tensor
     return v1 + (v2 - v1) * d
 
 
-def sample(images: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mode: str) -> torch.Tensor:
+def sample(
+    images: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    mode: str,
+    along_x: bool = True,
+    along_y: bool = True,
+) -> torch.Tensor:
     """Pillow's affine-transform filters at input points ``(u, v)`` (pixel edges at integers): float32 [n, C, H, W].
 
     Written here rather than with ``grid_sample``, whose bicubic is the a = -0.75 cubic (0.3-0.5 of 255 mean abs
     difference to Pillow's on photos): the taps are gathered and combined with Pillow's own formulas, which keep a
     flat region exactly flat, neighbours outside the image clamped to its edge (``XCLIP``/``YCLIP``). Coordinates
-    are float64 as in Pillow, the taps float32 (a one-level truncation difference for ~1e-4 of the pixels). An axis
-    whose fractions are all 0 (shears and translations move whole rows or columns) needs its centre tap only.
+    are float64 as in Pillow, the taps float32 (a one-level truncation difference for ~1e-4 of the pixels).
+    ``along_x=False`` (``along_y=False``) says every ``u`` (``v``) is a pixel centre, as for a shear or translation
+    along the other axis: Pillow's formula then gives the centre tap exactly, and only that one is gathered.
     """
     n, channels, height, width = images.shape
     x, y = u - 0.5, v - 0.5  # (n, H, W), tap centres
@@ -148,8 +158,8 @@ def sample(images: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mode: str) ->
     dy = (y - y0).flatten(1).unsqueeze(1).float()
     offsets = (-1, 0, 1, 2) if mode == "bicubic" else (0, 1)
     combine = _cubic if mode == "bicubic" else _linear
-    x_offsets = (0,) if not dx.any() else offsets
-    y_offsets = (0,) if not dy.any() else offsets
+    x_offsets = offsets if along_x else (0,)
+    y_offsets = offsets if along_y else (0,)
     columns = [(x0 + k).long().clamp_(0, width - 1).flatten(1) for k in x_offsets]
     flat = images.flatten(2).float()  # (n, C, H*W)
     rows = []
@@ -160,7 +170,14 @@ def sample(images: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mode: str) ->
     return (combine(*rows, dy) if len(rows) > 1 else rows[0]).view(n, channels, height, width)
 
 
-def affine(images: torch.Tensor, matrices: torch.Tensor, fill: torch.Tensor, mode: str) -> torch.Tensor:
+def affine(
+    images: torch.Tensor,
+    matrices: torch.Tensor,
+    fill: torch.Tensor,
+    mode: str,
+    along_x: bool = True,
+    along_y: bool = True,
+) -> torch.Tensor:
     """``Image.transform(size, AFFINE, (a, b, c, d, e, f), resample, fillcolor=fill)`` for each image.
 
     Args:
@@ -168,6 +185,8 @@ def affine(images: torch.Tensor, matrices: torch.Tensor, fill: torch.Tensor, mod
         matrices: float64 [n, 6], output -> input: ``u = a x + b y + c``, ``v = d x + e y + f`` at pixel centres.
         fill: uint8 [C], the colour of points outside the input.
         mode: ``bicubic`` or ``bilinear``.
+        along_x: whether the matrices can move points off the pixel centres along x (see :func:`sample`).
+        along_y: the same along y.
     """
     n, channels, height, width = images.shape
     ys = torch.arange(height, dtype=torch.float64, device=images.device).add_(0.5).view(1, -1, 1)
@@ -175,7 +194,9 @@ def affine(images: torch.Tensor, matrices: torch.Tensor, fill: torch.Tensor, mod
     a, b, c, d, e, f = (m.view(n, 1, 1) for m in matrices.unbind(1))
     u, v = a * xs + b * ys + c, d * xs + e * ys + f  # (n, H, W) input coordinates
     inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
-    sampled = sample(images, u, v, mode).clamp_(0, 255).to(torch.uint8)  # Pillow clips and truncates
+    sampled = (
+        sample(images, u, v, mode, along_x, along_y).clamp_(0, 255).to(torch.uint8)
+    )  # Pillow clips and truncates
     return torch.where(inside.unsqueeze(1), sampled, fill.view(1, channels, 1, 1))
 
 
@@ -223,14 +244,15 @@ def rotate_matrix(degrees: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.stack((cos, sin, c, -sin, cos, f), dim=1)
 
 
+# name -> (matrix of the op's arguments, whether it moves points off pixel centres along x, along y)
 GEOMETRIC = {
-    "rotate": rotate_matrix,
-    "shear_x": shear_x_matrix,
-    "shear_y": shear_y_matrix,
-    "translate_x_rel": translate_x_rel_matrix,
-    "translate_y_rel": translate_y_rel_matrix,
-    "translate_x_abs": translate_x_abs_matrix,
-    "translate_y_abs": translate_y_abs_matrix,
+    "rotate": (rotate_matrix, True, True),
+    "shear_x": (shear_x_matrix, True, False),
+    "shear_y": (shear_y_matrix, False, True),
+    "translate_x_rel": (translate_x_rel_matrix, True, False),
+    "translate_y_rel": (translate_y_rel_matrix, False, True),
+    "translate_x_abs": (translate_x_abs_matrix, True, False),
+    "translate_y_abs": (translate_y_abs_matrix, False, True),
 }
 PIXELWISE = {
     "auto_contrast": auto_contrast,
