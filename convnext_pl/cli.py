@@ -37,6 +37,7 @@ from convnext_pl.checkpointing import (
 from convnext_pl.errors import PARSER_HINT, UserError, exit_with_error, one_line_errors, parser_error_line
 from convnext_pl.guards import NonFiniteLossGuard
 from convnext_pl.module import ImageClassifier
+from convnext_pl.parallel import refuse_what_this_machine_cannot_run
 from convnext_pl.progress import LogLineProgress
 from convnext_pl.seeding import StepSeeding
 
@@ -169,6 +170,8 @@ class ConvNeXtCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        # Trainer settings this machine cannot run, as one line before the Trainer (or any process) starts.
+        refuse_what_this_machine_cannot_run((self.config[subcommand] if subcommand else self.config).trainer)
         # Before anything is written, and before LightningCLI reads the checkpoint's hyperparameters.
         if subcommand:
             self._check_before_anything_starts(self.config[subcommand], subcommand)
@@ -227,6 +230,10 @@ class ConvNeXtCLI(LightningCLI):
     def before_fit(self) -> None:
         if self.config[self.subcommand].get("accept_changed_settings"):
             self.model.accept_changed_settings = True  # read by the task's configure_optimizers on a resume
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            # First in line, so a resume with changed settings is refused before the run folder is written.
+            self.trainer.callbacks.insert(0, runs.ChangedResumeCheck(ckpt_path))
         # Lightning's model summary counts FLOPs with one forward of `example_input_array` (else it prints
         # "Total Flops 0"): one image of the data's size gives the network's real FLOPs. Classification only:
         # the dense tasks take other inputs (or set their own example).

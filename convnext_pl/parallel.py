@@ -3,13 +3,17 @@
 ``ImageClassifier.configure_model`` calls :func:`fully_shard_network` when the strategy provides a device mesh
 (``configs/trainer/fsdp2.yaml``). Lightning leaves the parallelisation plan to the module for this strategy;
 there is no library plan for ConvNeXt, so the few lines that choose the FSDP units live here, with
-:class:`FSDP2Strategy`, whose mesh follows ``--trainer.devices`` and ``--trainer.num_nodes``.
+:class:`FSDP2Strategy`, whose mesh follows ``--trainer.devices`` and ``--trainer.num_nodes``, and
+:func:`refuse_what_this_machine_cannot_run`, which turns an accelerator, strategy or device count this machine
+cannot honour into one sentence before the Trainer (or any process) starts.
 """
 
-from typing import Literal
+import importlib
+from typing import Any, Literal
 
+import torch
 import torch.nn as nn
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, StrategyRegistry
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
@@ -131,3 +135,61 @@ def fully_shard_network(net: nn.Module, device_mesh: DeviceMesh, unit: ShardUnit
     for module in shard_units(net, unit):
         fully_shard(module, mesh=data_parallel_mesh)
     fully_shard(net, mesh=data_parallel_mesh)
+
+
+def refuse_what_this_machine_cannot_run(trainer: Any) -> None:
+    """Refuse, in one sentence that says what to do, trainer settings Lightning would reject on this machine
+    with a traceback (FSDPStrategy off CUDA, ``devices: -1`` on the CPU) or without naming a fix (``gpu``
+    without a GPU). Called on the parsed ``trainer`` section, before the Trainer is built.
+
+    Args:
+        trainer: the ``trainer`` section of the config (``accelerator``, ``devices``, ``strategy``).
+
+    Raises:
+        UserError: for the first such setting.
+    """
+    accelerator = str(trainer.get("accelerator") or "auto")
+    devices = trainer.get("devices")
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if _is_fsdp1(trainer.get("strategy")) and (accelerator not in ("gpu", "cuda", "auto") or not cuda):
+        here = f"trainer.accelerator is {accelerator}" if cuda else "torch finds none on this machine"
+        raise UserError(
+            f"Lightning's FSDPStrategy (configs/trainer/fsdp.yaml) runs on CUDA GPUs only and {here}; use "
+            "--config configs/trainer/fsdp2.yaml (FSDP2) instead, which shards over CPU processes too"
+        )
+    if (accelerator == "gpu" and not (cuda or mps)) or (accelerator == "cuda" and not cuda):
+        count = "" if _positive_int(devices) else " and --trainer.devices N (the number of CPU processes)"
+        raise UserError(
+            f"trainer.accelerator is {accelerator} but torch finds no GPU on this machine; add "
+            f"--trainer.accelerator cpu{count}, or run on a GPU machine"
+        )
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not (cuda or mps))
+    if on_cpu and devices not in (None, "auto") and not _positive_int(devices):
+        raise UserError(
+            f"trainer.devices {devices} does not count CPU processes (-1 means every GPU); give "
+            "--trainer.devices N, the number of processes to train on the CPU"
+        )
+
+
+def _is_fsdp1(strategy: Any) -> bool:
+    """Whether a ``trainer.strategy`` value (a registry name, a ``class_path`` section or an instance) is
+    Lightning's FSDPStrategy."""
+    if isinstance(strategy, str):
+        entry = StrategyRegistry[strategy] if strategy in StrategyRegistry else None  # .get() builds one
+        return entry is not None and issubclass(entry["strategy"], FSDPStrategy)
+    class_path = strategy.get("class_path") if hasattr(strategy, "get") else None
+    if isinstance(class_path, str):
+        module_name, _, class_name = class_path.rpartition(".")
+        try:
+            strategy = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError, ValueError):
+            return False  # Lightning reports a class it cannot import itself
+    cls = strategy if isinstance(strategy, type) else type(strategy)
+    return issubclass(cls, FSDPStrategy)
+
+
+def _positive_int(value: Any) -> bool:
+    try:
+        return int(value) >= 1 and not isinstance(value, bool)
+    except (TypeError, ValueError):
+        return False
