@@ -138,6 +138,8 @@ def table(tests: dict, training: dict[str, dict], data: dict) -> list[str]:
             rows.append(f"{f'train img/s, {path}, {mode}':<44}{text:>24}")
             if path == "lightning" and rate is not None:
                 best = max(best or 0.0, rate)
+        if result.get("lightning_over_bare") is not None:  # the cost of the framework, as on the CPU
+            rows.append(f"{f'train lightning / bare, {mode}':<44}{result['lightning_over_bare']:>24.3f}")
         memory = result.get("peak_memory_mib") or {}
         for path, mib in memory.items() if isinstance(memory, dict) else [("all paths", memory)]:
             rows.append(f"{f'peak memory MiB, {path}, {mode}':<44}{mib:>24.0f}")

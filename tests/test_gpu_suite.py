@@ -19,6 +19,7 @@ def test_gpu_suite_dry_run_runs_every_step_and_prints_the_table(tmp_path):
     for mode in ("eager", "compiled"):
         result = steps["training"][mode]["result"]
         assert all(result[f"{path}_img_s"] > 0 for path in ("lightning", "bare", "timm"))
+        assert result["lightning_over_bare"] > 0
     data = steps["data"]["result"]
     assert {(r["data"], r["workers"]) for r in data["results"]} == {
         (name, w) for name in ("jpeg-folder-224", "jpeg-folder-224-fast") for w in (0, 1)
@@ -28,6 +29,7 @@ def test_gpu_suite_dry_run_runs_every_step_and_prints_the_table(tmp_path):
     assert "DRY RUN" in done.stdout and table in done.stdout
     for row in (
         "train img/s, lightning, compiled",
+        "train lightning / bare, eager",
         "peak memory MiB, timm, eager",
         "cores per GPU at",
         "per core",
