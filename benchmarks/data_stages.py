@@ -6,7 +6,7 @@ stage with ``time.thread_time``: CPU seconds of this thread only, so other jobs 
 less than wall time would (they still share caches and cores). Rounds alternate old and new; the table shows the
 median of the rounds per stage, and the ratio is the median of the rounds' ratios. What the fast path leaves to the
 device (RandAugment applied to the batch, normalise + erase, and Mixup/CutMix on both paths) is timed on this CPU
-too, on the last round's batch, for scale: a GPU runs it in a small fraction of that.
+too, on the last round's batch, for scale, and on the GPU where there is one (``gpu_suite.py`` shows it).
 """
 
 import random
@@ -73,24 +73,40 @@ def _run(stages: list[Stage], paths: list[str], seed: int) -> tuple[dict[str, fl
     return times, items
 
 
-def device_stages(samples: list[AugmentedImage], image_size: int, seed: int = 0) -> dict[str, float]:
-    """ms per image, on this CPU, of what the fast path leaves to the device (on the fast path's own images and
-    draws), and of Mixup/CutMix (both paths)."""
+def _timed(step: Callable, device: torch.device) -> tuple[object, float]:
+    """``step()`` and its seconds: CPU time of this thread on the CPU, wall time between syncs on a GPU."""
+    if device.type != "cuda":
+        start = time.thread_time()
+        return step(), time.thread_time() - start
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = step()
+    torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def device_stages(
+    samples: list[AugmentedImage], image_size: int, device: str = "cpu", seed: int = 0
+) -> dict[str, float]:
+    """ms per image, on ``device``, of what the fast path leaves to the device (on the fast path's own images and
+    draws), and of Mixup/CutMix (both paths); each step once untimed first (a GPU loads its kernels then)."""
+    device = torch.device(device)
     batch = default_collate(samples)  # as the DataLoader collates them
-    targets = torch.arange(len(samples)) % 10
+    images, ops, args = (field.to(device) for field in batch)
+    targets = (torch.arange(len(samples)) % 10).to(device)
     rand_augment = device_rand_augment(fast_train_transform(image_size))
     finish = DeviceAugment(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, RECIPE_RE_PROB)
     mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
-    start = time.thread_time()
-    rand_augment(batch.image, batch.ops, batch.args)
-    times = {"RandAugment (batch)": time.thread_time() - start}
-    start = time.thread_time()
-    finished = finish(batch.image, seed)
-    times["normalise + erase (batch)"] = time.thread_time() - start
-    start = time.thread_time()
-    mixup(finished, targets)
-    times["Mixup/CutMix"] = time.thread_time() - start
-    times = {name: seconds * 1e3 / len(samples) for name, seconds in times.items()}
+    finished = finish(images, seed)
+    steps = {
+        "RandAugment (batch)": lambda: rand_augment(images, ops, args),
+        "normalise + erase (batch)": lambda: finish(images, seed),
+        "Mixup/CutMix": lambda: mixup(finished, targets),  # mixes in place: the cost is the same every time
+    }
+    times = {}
+    for name, step in steps.items():
+        step()
+        times[name] = _timed(step, device)[1] * 1e3 / len(samples)
     return times
 
 
@@ -112,6 +128,7 @@ def measure_stages(paths: list[str], image_size: int, rounds: int) -> dict:
         "ratio": statistics.median(ratios),
         "ratios": ratios,
         "device": device_stages(samples, image_size),
+        "device_gpu": device_stages(samples, image_size, "cuda") if torch.cuda.is_available() else None,
     }
 
 
@@ -199,6 +216,8 @@ def print_stage_table(result: dict) -> None:
     print(f"ratio (median of rounds): {result['ratio']:.2f}x   rounds: {ratios}")
     for name, ms in result["device"].items():
         print(f"  on the device, timed on this CPU: {name} {ms:.3f} ms/image")
+    for name, ms in (result["device_gpu"] or {}).items():
+        print(f"  on the device, timed on the GPU: {name} {ms:.4f} ms/image")
 
 
 def stage_paths(folder: Path, count: int) -> list[str]:

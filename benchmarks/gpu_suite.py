@@ -154,6 +154,8 @@ def table(tests: dict, training: dict[str, dict], data: dict) -> list[str]:
             if best:
                 rows.append(f"{f'cores per GPU at {best:.0f} img/s, {name}':<44}{best * total / 1e3:>24.1f}")
         rows.append(f"{'input fast / recipe, per core':<44}{stages['ratio']:>23.2f}x")
+        for name, ms in (stages.get("device_gpu") or {}).items():
+            rows.append(f"{f'on the GPU, {name}, ms/img':<44}{ms:>24.4f}")
     return rows
 
 

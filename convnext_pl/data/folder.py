@@ -75,7 +75,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         fast_pipeline: train with the fast input path: workers decode with ``torchvision.io``, crop and resize on
             uint8, draw RandAugment's ops and magnitudes, and yield uint8 batches (plus the draws and sample seeds)
             that ``on_after_batch_transfer`` RandAugments, normalises and erases on the device; the same
-            augmentation draws and Pillow's pixels, about 2.3x the images per CPU core
+            augmentation draws and Pillow's pixels, about 2.4x the images per CPU core
             (``benchmarks/data_throughput.py --stages``). Evaluation is unchanged.
     """
 
