@@ -367,3 +367,31 @@ def refuse_changed_settings(
             "settings, or pass --accept_changed_settings true to continue its schedule with the new ones"
         )
     return changes
+
+
+def read_schedule_settings(ckpt_path: str | Path) -> dict[str, Any] | None:
+    """The :func:`schedule_settings` a checkpoint stores (None: written before they were stored), read without
+    loading its tensors (memory-mapped)."""
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file in torch's legacy (non-zip) format cannot be memory-mapped
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    return checkpoint.get(SCHEDULE_SETTINGS_KEY)
+
+
+def refuse_a_changed_resume(trainer: pl.Trainer, module: pl.LightningModule, ckpt_path: str | Path) -> None:
+    """Refuse a resume from ``ckpt_path`` whose schedule settings differ from this run's (see
+    :func:`refuse_changed_settings`) unless ``module.accept_changed_settings``; a task without
+    ``lr_schedule_settings()`` stores none and is not checked. Called once the data is set up (counting the steps
+    needs the training loader) and before the run folder gets its first file, so a refused resume leaves nothing;
+    the task compares again when it builds its schedule, which also covers a resume started from Python
+    (:class:`convnext_pl.runs.ChangedResumeCheck` calls this for the command line)."""
+    settings = getattr(module, "lr_schedule_settings", None)
+    if settings is None:
+        return
+    refuse_changed_settings(
+        ckpt_path,
+        read_schedule_settings(ckpt_path),
+        schedule_settings(trainer, **settings()),
+        getattr(module, "accept_changed_settings", False),
+    )

@@ -230,6 +230,10 @@ class ConvNeXtCLI(LightningCLI):
     def before_fit(self) -> None:
         if self.config[self.subcommand].get("accept_changed_settings"):
             self.model.accept_changed_settings = True  # read by the task's configure_optimizers on a resume
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            # First in line, so a resume with changed settings is refused before the run folder is written.
+            self.trainer.callbacks.insert(0, runs.ChangedResumeCheck(ckpt_path))
         # Lightning's model summary counts FLOPs with one forward of `example_input_array` (else it prints
         # "Total Flops 0"): one image of the data's size gives the network's real FLOPs. Classification only:
         # the dense tasks take other inputs (or set their own example).

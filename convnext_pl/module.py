@@ -285,20 +285,35 @@ class ImageClassifier(LightningModule):
                 yield "val_ema", ema_net
 
     # -------------------------------------------------------------------------------------------- optimizer
-    def configure_optimizers(self):
+    def lr_schedule_settings(self) -> dict[str, int | float]:
+        """What this run's lr schedule is built from, for the trainer it is attached to: the effective batch, the
+        peak lr, the warm-up and total optimizer steps (counting them builds the training loader). Checkpoints
+        store them; a resume compares them before anything is written (``checkpointing.refuse_a_changed_resume``).
+        """
         hp = self.hparams
         effective_batch = effective_batch_size(self.trainer)
-        peak_lr = scaled_lr(hp.lr, effective_batch, hp.lr_reference_batch)
-        layer_ids = self.net.layer_ids() if hp.layer_decay is not None else None
-        optimizer = build_optimizer(
-            self.net, peak_lr, hp.weight_decay, hp.layer_decay, layer_ids, betas=hp.betas, eps=hp.eps
-        )
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         if hp.warmup_steps is not None:
             warmup_steps = hp.warmup_steps
         else:
             epochs = max(1, self.trainer.max_epochs or 1)
             warmup_steps = round(hp.warmup_epochs * total_steps / epochs)
+        return {
+            "effective_batch_size": effective_batch,
+            "peak_lr": scaled_lr(hp.lr, effective_batch, hp.lr_reference_batch),
+            "warmup_steps": warmup_steps,
+            "total_steps": total_steps,
+        }
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        settings = self._schedule_info = self.lr_schedule_settings()
+        effective_batch, peak_lr = settings["effective_batch_size"], settings["peak_lr"]
+        warmup_steps, total_steps = settings["warmup_steps"], settings["total_steps"]
+        layer_ids = self.net.layer_ids() if hp.layer_decay is not None else None
+        optimizer = build_optimizer(
+            self.net, peak_lr, hp.weight_decay, hp.layer_decay, layer_ids, betas=hp.betas, eps=hp.eps
+        )
         schedule = warmup_cosine(warmup_steps, total_steps, min_ratio=hp.min_lr / hp.lr if hp.lr > 0 else 0.0)
         rank_zero_info(
             f"Effective batch {effective_batch}, peak lr {peak_lr:.3g}, {warmup_steps} warm-up steps of {total_steps}"
@@ -308,12 +323,6 @@ class ImageClassifier(LightningModule):
                 f"the warm-up ({warmup_steps} steps) is longer than the run ({total_steps} optimizer steps): the lr "
                 "never reaches its peak; shorten model.init_args.warmup_epochs/warmup_steps"
             )
-        self._schedule_info = {
-            "effective_batch_size": effective_batch,
-            "peak_lr": peak_lr,
-            "warmup_steps": warmup_steps,
-            "total_steps": total_steps,
-        }
         if self.trainer.ckpt_path:
             # A resume: Lightning restores the scheduler's state (its step, base lrs and WarmupCosine's fields)
             # after this, so a schedule built from other settings would be replaced by the checkpoint's silently.

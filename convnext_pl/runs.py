@@ -4,7 +4,8 @@ A run of ``python main.py <subcommand> --config <experiment>.yaml`` writes to
 ``<trainer.default_root_dir>/<run_name>/version_N`` (the run name defaults to the first config file's name; the
 next free ``version_N`` keeps earlier runs untouched). The checks here run after parsing and before any folder
 exists: the run name and root folder, ``--ckpt_path`` (``last`` resolved to a file), a checkpoint folder that holds
-an earlier run's files, and evaluation without trained weights.
+an earlier run's files, and evaluation without trained weights. A ``fit --ckpt_path`` resume with changed settings
+is refused once the data is set up and before the run folder gets a file (:class:`ChangedResumeCheck`).
 """
 
 import importlib
@@ -12,9 +13,11 @@ import os
 import tempfile
 from pathlib import Path
 
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from convnext_pl.checkpointing import find_last_checkpoint
+from convnext_pl.checkpointing import find_last_checkpoint, refuse_a_changed_resume
 from convnext_pl.errors import UserError
 
 DEFAULT_ROOT_DIR = "runs"
@@ -111,6 +114,45 @@ def refuse_an_earlier_runs_folder(log_dir: str | Path, config_filename: str = "c
             f"{config_file} already exists: that folder holds an earlier run, which this one would "
             "overwrite; set another --trainer.default_root_dir or --run_name, or a new logger version"
         )
+
+
+def remove_an_empty_run_folder(log_dir: str | Path) -> None:
+    """Remove ``log_dir`` (``<root>/<run_name>/version_N``), the folders in it and then the run name's folder if
+    they hold no file: what the loggers create when ``fit`` starts, before anything is written into it. Never
+    removes a file (``os.rmdir`` refuses a folder that is not empty)."""
+    folder = Path(log_dir)
+    if not folder.is_dir():
+        return
+    subfolders = sorted(
+        (p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+    )
+    try:
+        for empty in [*subfolders, folder, folder.parent]:  # deepest first
+            empty.rmdir()
+    except OSError:
+        pass  # a file is in it (or an earlier run's folder beside it): keep the rest
+
+
+class ChangedResumeCheck(Callback):
+    """``fit --ckpt_path`` with changed settings refused before the run folder gets a file, and the empty folder
+    removed: Lightning's loggers create ``version_N`` at the start of ``fit``'s set-up, before the DataModule is set
+    up, and counting this run's optimizer steps needs the set-up data. Callbacks are set up after the DataModule,
+    and this one, first in line, before the config-saving callback writes ``config.yaml`` (see
+    :func:`convnext_pl.checkpointing.refuse_a_changed_resume`)."""
+
+    def __init__(self, ckpt_path: str | Path):
+        self.ckpt_path = ckpt_path
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+        try:
+            refuse_a_changed_resume(trainer, pl_module, self.ckpt_path)
+        except UserError:
+            if trainer.is_global_zero and log_dir is not None:
+                remove_an_empty_run_folder(log_dir)
+            raise
 
 
 def default_loggers(root: str | Path, name: str) -> list[Logger]:

@@ -3,6 +3,7 @@
 schedule; an unchanged resume, and a checkpoint written before the settings were stored, resume as before."""
 
 import logging
+import shutil
 
 import pytest
 import torch
@@ -55,6 +56,9 @@ def test_resuming_with_another_batch_size_is_refused_in_one_line_naming_the_chan
     assert len(errors) == 1
     assert f"resuming {epoch0_checkpoint} with changed settings: effective batch 16 -> 32;" in errors[0]
     assert "--accept_changed_settings true" in errors[0]
+    assert (
+        list(tmp_path.iterdir()) == []
+    )  # refused before the run folder got a file; the loggers' one removed
 
 
 def test_resuming_with_a_longer_run_names_the_schedule_length(tmp_path, capsys, epoch0_checkpoint):
@@ -62,6 +66,16 @@ def test_resuming_with_a_longer_run_names_the_schedule_length(tmp_path, capsys, 
     with pytest.raises(SystemExit):
         _resume(tmp_path, epoch0_checkpoint, "--trainer.max_epochs", "3")
     assert "total optimizer steps 4 -> 6" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_resume_into_the_checkpoints_own_run_leaves_that_run_as_it_was(tmp_path, epoch0_checkpoint):
+    run = tmp_path / "digits" / "version_0"
+    shutil.copytree(epoch0_checkpoint.parents[1], run)
+    before = sorted(run.rglob("*"))
+    with pytest.raises(SystemExit):
+        _resume(tmp_path, "last", "--data.init_args.batch_size", "32")  # --ckpt_path last: version_0's
+    assert sorted((tmp_path / "digits").iterdir()) == [run] and sorted(run.rglob("*")) == before
 
 
 def test_with_the_option_the_checkpoints_schedule_continues_from_its_step(

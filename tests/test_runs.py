@@ -115,3 +115,14 @@ def test_cli_refuses_a_run_name_that_leaves_the_root_folder(tmp_path, capsys):
     line = _fails_in_one_line(["fit", "--config", DIGITS, "--run_name=../../elsewhere", f"--trainer.default_root_dir={root}"], capsys)  # fmt: skip
     assert line.startswith("error: --run_name '../../elsewhere' is not a plain name")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_remove_an_empty_run_folder_removes_only_folders_without_files(tmp_path):
+    (tmp_path / "runs" / "digits" / "version_0" / "checkpoints").mkdir(parents=True)
+    runs.remove_an_empty_run_folder(tmp_path / "runs" / "digits" / "version_0")
+    assert list((tmp_path / "runs").iterdir()) == []  # version_0 and the run name's folder: nothing in them
+    kept = tmp_path / "runs" / "digits" / "version_1" / "config.yaml"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("a file")
+    runs.remove_an_empty_run_folder(kept.parent)
+    assert kept.read_text() == "a file"
