@@ -167,7 +167,9 @@ class MaskRCNNDetector(LightningModule):
                 full_key = f"{iou_type}_{key}" if len(metric.iou_type) > 1 else key
                 if full_key in results:
                     values[f"{prefix}/{name}_{coco_name}"] = results[full_key].float()
-        self.log_dict(values, prog_bar=False, sync_dist=False)  # already reduced over ranks by the metric
+        # Already reduced over ranks by the metric. One value per epoch: batch_size 1, else Lightning guesses a
+        # batch size from the last batch (a list of images: their 3 channels) and warns that it is ambiguous.
+        self.log_dict(values, prog_bar=False, sync_dist=False, batch_size=1)
 
     def predict_step(self, batch, batch_idx: int) -> dict:
         images, targets = batch
