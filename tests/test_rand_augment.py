@@ -138,6 +138,8 @@ def test_fill_follows_the_normalisation_mean_and_no_colour_jitter_without_randau
     assert train_transform(32, mean=mean).transforms[2].ops[0].kwargs["fillcolor"] == fill
     steps = [type(step).__name__ for step in fast_train_transform(32, auto_augment=None).transforms]
     assert steps == ["DecodeRandomResizedCrop", "RandomHorizontalFlip"]  # no ColorJitter, as the recipe
+    steps = [type(step).__name__ for step in fast_train_transform(32, hflip=0.0).transforms]
+    assert steps == ["DecodeRandomResizedCrop", "RandAugmentDraws"]
 
 
 @pytest.mark.parametrize("policy", ["original", "augmix-m5-w3", "rand-m9-t3a"])

@@ -135,11 +135,11 @@ def fast_train_transform(
         image_size, is_training=True, scale=scale, hflip=hflip, color_jitter=None, auto_augment=auto_augment,
         interpolation=interpolation, use_prefetcher=True, re_prob=0.0, mean=tuple(mean),
     )  # fmt: skip
-    crop, flip, *augment, _ = transform.transforms  # timm's: crop, flip, [RandAugment], MaybePILToTensor
-    steps = [DecodeRandomResizedCrop(image_size, crop.scale, crop.ratio, interpolation), flip]
-    if augment:
-        steps.append(RandAugmentDraws(augment[0]))
-    return T.Compose(steps)
+    crop, *middle, _ = transform.transforms  # timm's: crop, [flip], [RandAugment], MaybePILToTensor
+    # torchvision's flips take the uint8 tensor as they are; the policy is drawn only (and refused if not covered).
+    flips = (T.RandomHorizontalFlip, T.RandomVerticalFlip)
+    middle = [step if isinstance(step, flips) else RandAugmentDraws(step) for step in middle]
+    return T.Compose([DecodeRandomResizedCrop(image_size, crop.scale, crop.ratio, interpolation), *middle])
 
 
 def small_image_train_transform(
