@@ -1,14 +1,17 @@
 """RandAugment of the fast path: drawn in the worker by timm's own code, applied on the device by tensor kernels
 that give timm's Pillow pixels."""
 
+import json
 import random
 
 import numpy as np
 import pytest
 import torch
+from helpers import DIGITS, QUIET
 from PIL import Image
 from timm.data.auto_augment import NAME_TO_OP, AugmentOp
 
+from convnext_pl.cli import cli_main
 from convnext_pl.data import ImageFolderDataModule
 from convnext_pl.data.fast_augment import mean_abs_difference
 from convnext_pl.data.rand_augment import KERNEL_OF_TIMM_OP, KERNELS, BatchRandAugment, device_rand_augment
@@ -147,6 +150,26 @@ def test_a_policy_without_device_kernels_is_refused_when_the_data_module_is_buil
     with pytest.raises(UserError, match="fast_pipeline: false"):
         ImageFolderDataModule(root="data", num_classes=2, auto_augment=policy, fast_pipeline=True)
     ImageFolderDataModule(root="data", num_classes=2, auto_augment=policy)  # the recipe's path takes it
+
+
+def test_the_command_line_refuses_a_fast_pipeline_it_cannot_apply_in_one_line(tmp_path, capsys):
+    data = {"root": str(tmp_path), "num_classes": 3, "auto_augment": "original", "fast_pipeline": True}
+    data = {"class_path": "convnext_pl.data.ImageFolderDataModule", "init_args": data}
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(
+            [
+                "fit",
+                "--config",
+                DIGITS,
+                "--data",
+                json.dumps(data),
+                *QUIET,
+                f"--trainer.default_root_dir={tmp_path}",
+            ]
+        )
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: the fast pipeline applies RandAugment on the device, not AutoAugment")
 
 
 @pytest.mark.gpu
