@@ -176,6 +176,17 @@ def test_class_order_a_classifier_preferring_mmdet_class_k_predicts_label_k_plus
     assert (out["masks"] > 0.5).any()  # the mask of class k, not the background's slot
 
 
+def test_a_lightning_checkpoint_of_the_detector_loads_as_a_whole(tmp_path):
+    # MaskRCNNDetector stores the detector as `net.`, next to other state (metrics); only `net.*` is the network.
+    source = small_detector()
+    state = {f"net.{k}": v for k, v in source.state_dict().items()}
+    path = tmp_path / "detector.ckpt"
+    torch.save({"state_dict": {**state, "val_map.extra": torch.zeros(1)}, "epoch": 3}, path)
+    model = load_detection_checkpoint(small_detector(), path)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
 def test_checkpoint_of_another_detector_is_one_sentence(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"state_dict": mmdet_state_dict("convnext_atto", num_classes=5)}, path)
