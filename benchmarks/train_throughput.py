@@ -21,9 +21,14 @@ implementations. Each measurement times ``--steps`` steps after ``--warmup`` unt
 interleaved (in a rotating order) ``--repeats`` times and the medians are reported. Peak memory is the
 process RSS after each forward and backward pass on the CPU (it includes every model alive in the process) and
 ``torch.cuda.max_memory_allocated`` on a GPU, where model-FLOPs utilisation is also reported.
+
+``--hook-costs`` also times, inside the lightning path's windows, every training-step hook of each callback and
+the module's ``self.log`` calls (``lightning_hooks_ms_per_step``, median over repeats), to show where the
+framework's cost goes; its timing wrappers add microseconds per call, so take the ratio from a run without it.
 """
 
 import argparse
+import collections
 import contextlib
 import json
 import logging
@@ -133,15 +138,63 @@ class Window:
 
 
 # ------------------------------------------------------------------------------------------------------ paths
+TRAINING_STEP_HOOKS = (
+    "on_train_batch_start",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+    "on_train_batch_end",
+)
+
+
+class HookClock:
+    """Time per call of each callback's training-step hooks and of the module's ``self.log``, counted only while
+    the measurement window is open. Each runs once per step here (one ``self.log`` call, no accumulation)."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.calls: dict[str, int] = collections.defaultdict(int)
+        self.active = False
+
+    def ms_per_call(self) -> dict[str, float]:
+        return {label: 1e3 * seconds / self.calls[label] for label, seconds in self.seconds.items()}
+
+    def attach(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        for callback in trainer.callbacks:
+            for hook in TRAINING_STEP_HOOKS:
+                if getattr(type(callback), hook) is not getattr(L.Callback, hook):  # overridden: it does work
+                    self._wrap(callback, hook, f"{type(callback).__name__}.{hook}")
+        self._wrap(module, "log", f"{type(module).__name__}.log")
+
+    def _wrap(self, owner, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            if not self.active:
+                return original(*args, **kwargs)
+            start = self.clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label] += self.clock() - start
+                self.calls[label] += 1
+
+        setattr(owner, name, timed)
+
+
 class _LightningWindow(L.Callback):
     """Opens the window at the first timed batch and closes it after the last one, inside ``Trainer.fit``."""
 
-    def __init__(self, window: Window, warmup: int, batch_size: int):
-        self.window, self.warmup, self.batch_size = window, warmup, batch_size
+    def __init__(self, window: Window, warmup: int, batch_size: int, hooks: HookClock | None = None):
+        self.window, self.warmup, self.batch_size, self.hooks = window, warmup, batch_size, hooks
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.warmup:
             self.window.start()
+            if self.hooks is not None:
+                self.hooks.active = True
 
     def on_before_backward(self, trainer, pl_module, loss):
         self.window.memory.sample()
@@ -152,6 +205,8 @@ class _LightningWindow(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx == self.warmup + self.window.steps - 1:
             self.window.stop(self.batch_size)
+            if self.hooks is not None:
+                self.hooks.active = False
 
 
 DIGITS = str(Path(__file__).resolve().parents[1] / "configs" / "experiment" / "digits.yaml")
@@ -182,12 +237,18 @@ def main_py_fit_args(args, root: str) -> list[str]:
 
 
 def measure_lightning(args) -> Window:
-    """One ``fit`` of the trainer ``main.py fit`` builds, timed inside by :class:`_LightningWindow`."""
+    """One ``fit`` of the trainer ``main.py fit`` builds, timed inside by :class:`_LightningWindow`; with
+    ``--hook-costs`` the window also carries ``hook_ms_per_step``."""
     window = Window(torch.device(args.device), args.steps, args.clock)
+    hooks = HookClock(window.clock) if args.hook_costs else None
     with tempfile.TemporaryDirectory() as root:
         cli = cli_main(main_py_fit_args(args, root), run=False)
-        cli.trainer.callbacks.append(_LightningWindow(window, args.warmup, args.batch_size))
+        if hooks is not None:
+            hooks.attach(cli.trainer, cli.model)
+        cli.trainer.callbacks.append(_LightningWindow(window, args.warmup, args.batch_size, hooks))
         cli.trainer.fit(cli.model, cli.datamodule)
+    if hooks is not None:
+        window.hook_ms_per_step = hooks.ms_per_call()
     return window
 
 
@@ -288,11 +349,14 @@ def run(args) -> dict:
         measurements[path]()
     rates: dict[str, list[float]] = {path: [] for path in PATHS}
     peaks: dict[str, list[float]] = {path: [] for path in PATHS}
+    hook_ms: dict[str, list[float]] = collections.defaultdict(list)
     for repeat in range(args.repeats):
         for path in PATHS[repeat % 3 :] + PATHS[: repeat % 3]:  # rotate so no path always runs first
             window = measurements[path]()
             rates[path].append(window.images_per_s)
             peaks[path].append(window.peak_bytes / 2**20)
+            for hook, ms in getattr(window, "hook_ms_per_step", {}).items():
+                hook_ms[hook].append(ms)
             print(f"repeat {repeat}  {path:<9} {window.images_per_s:10.3f} images/s", flush=True)
     median = {path: statistics.median(rates[path]) for path in PATHS}
     result = {
@@ -306,6 +370,9 @@ def run(args) -> dict:
         "repeats_img_s": {path: [round(rate, 3) for rate in rates[path]] for path in PATHS},
         **info,
     }
+    if hook_ms:
+        per_step = {hook: round(statistics.median(ms), 3) for hook, ms in hook_ms.items()}
+        result["lightning_hooks_ms_per_step"] = dict(sorted(per_step.items(), key=lambda kv: -kv[1]))
     if args.device == "cuda":
         result["mfu"] = _mfu(median, info["macs_per_image"], args)
     result["config"] = {k: v for k, v in vars(args).items() if k != "json"}
@@ -377,6 +444,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
     parser.add_argument(
+        "--hook-costs",
+        action="store_true",
+        help="also time each callback's training-step hooks and self.log in the lightning path (ms per step)",
+    )
+    parser.add_argument(
         "--peak-tflops", type=float, help="the GPU's peak for MFU (default: from a small table)"
     )
     parser.add_argument("--json", type=Path, help="write the results to this JSON file")
@@ -393,6 +465,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = run(args)
     summary = {k: result[k] for k in ("lightning_img_s", "bare_img_s", "timm_img_s")}
     summary |= {k: result[k] for k in ("lightning_over_bare", "ours_over_timm", "peak_memory_mib")}
+    if "lightning_hooks_ms_per_step" in result:
+        summary["lightning_hooks_ms_per_step"] = result["lightning_hooks_ms_per_step"]
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,31 @@
+"""The throughput benchmark's lightning path is the trainer ``python main.py fit`` builds: its callbacks (NaN
+guard, step seeding, checkpoint policy, lr monitor) run in the timed window, and the ratio to the bare loop is
+reported."""
+
+import sys
+
+import pytest
+from helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import train_throughput  # noqa: E402
+
+
+@pytest.mark.slow  # two CLI builds and fits, three networks (about a minute of CPU)
+def test_the_lightning_path_runs_main_py_fits_callbacks_and_the_ratio_is_reported(tmp_path):
+    result = train_throughput.main(
+        ["--model", "convnext_atto", "--image-size", "32", "--batch-size", "2", "--num-classes", "10"]
+        + ["--steps", "2", "--warmup", "1", "--repeats", "1", "--log-every-n-steps", "1", "--hook-costs"]
+        + ["--json", str(tmp_path / "bench.json")]
+    )
+    assert result["lightning_over_bare"] > 0 and result["ours_over_timm"] > 0
+    hooks = result["lightning_hooks_ms_per_step"]
+    for hook in (
+        "NonFiniteLossGuard.on_before_optimizer_step",
+        "StepSeeding.on_train_batch_start",
+        "ResumableCheckpoint.on_train_batch_end",
+        "LearningRateMonitor.on_train_batch_start",
+        "ImageClassifier.log",
+    ):
+        assert hooks[hook] > 0, hook
+    assert (tmp_path / "bench.json").is_file()
