@@ -3,7 +3,7 @@ EMA options), just outside its range and of a wrong type, through the CLI's pars
 2, exactly one ``error:`` line naming the option, no folder. Relations between options are refused by hand."""
 
 import pytest
-from helpers import DIGITS, EXPERIMENTS
+from helpers import DIGITS, EXPERIMENTS, SHORT
 
 from convnext_pl.cli import cli_main
 
@@ -312,3 +312,18 @@ def test_the_parsers_words_read_as_english_and_the_value_is_kept_as_given(tmp_pa
     assert error.startswith(f"error: {D}.seed: expected an int. Got value: abc"), error
     error = _error_line(SEG, [f"--{M}.inference=a e"], tmp_path / "runs", capsys)
     assert error.startswith(f"error: {M}.inference: expected one of 'whole', 'slide'. Got value: a e"), error
+
+
+def test_short_runs_two_validation_batches_because_the_cli_reads_1_as_all_of_them(tmp_path):
+    # Trainer declares limit_*_batches `float | int`: jsonargparse tries float first, and Lightning reads 1.0 as
+    # 100% of the batches, 2.0 as two batches (tests/helpers/cli_args.py SHORT depends on it).
+    short = cli_main(
+        ["--config", DIGITS, *SHORT, f"--trainer.default_root_dir={tmp_path}"], run=False
+    ).trainer
+    assert (short.limit_train_batches, short.limit_val_batches) == (2, 2)
+    assert isinstance(short.limit_val_batches, int)
+    one = cli_main(
+        ["--config", DIGITS, "--trainer.limit_val_batches=1", f"--trainer.default_root_dir={tmp_path}"],
+        run=False,
+    )
+    assert one.trainer.limit_val_batches == 1.0 and isinstance(one.trainer.limit_val_batches, float)
