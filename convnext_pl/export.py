@@ -1,6 +1,8 @@
 """Export a trained network for inference: ONNX, TorchScript or safetensors.
 
 ``python -m convnext_pl.export --ckpt runs/digits/version_0/checkpoints/last.ckpt --format onnx --out digits.onnx``
+``python -m convnext_pl.export predict digits.onnx --images my_images/ --output predictions.csv`` (ONNX Runtime,
+:mod:`convnext_pl.onnx_predict`: the ONNX export records the data's evaluation transform and class names for it)
 
 The network is rebuilt from the checkpoint's own ``hyper_parameters`` (the ``model.net`` config the CLI recorded),
 loaded with the checkpoint's ``state_dict`` and exported in eval mode, without the LightningModule around it.

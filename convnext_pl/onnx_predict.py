@@ -72,8 +72,14 @@ class OnnxClassifier:
                 f"{path} carries no preprocessing metadata ({PREPROCESSING_KEY}); export the checkpoint again with "
                 "`python -m convnext_pl.export --format onnx`, which records it."
             )
-        self.transform = build_transform(json.loads(metadata[PREPROCESSING_KEY]))
-        self.class_names: list[str] = json.loads(metadata.get(CLASS_NAMES_KEY, "[]"))
+        try:
+            self.transform = build_transform(json.loads(metadata[PREPROCESSING_KEY]))
+            self.class_names: list[str] = json.loads(metadata.get(CLASS_NAMES_KEY, "[]"))
+        except ValueError as error:  # json's JSONDecodeError is a ValueError too
+            raise UserError(
+                f"{path} has damaged preprocessing metadata ({error}); export the checkpoint again with "
+                "`python -m convnext_pl.export --format onnx`."
+            ) from error
         self.input_name = self.session.get_inputs()[0].name
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -141,6 +147,8 @@ def predict_files(
         )
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}.")
+    if threads < 0:
+        raise UserError(f"--threads must be 0 (ONNX Runtime's choice) or more, got {threads}.")
     classifier = OnnxClassifier(model, threads)
     files = image_files(sources)
     rows = []

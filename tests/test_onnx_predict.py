@@ -108,12 +108,14 @@ def test_onnx_predict_takes_single_files_in_the_order_given(digits_onnx, tmp_pat
         assert [row["path"] for row in csv.DictReader(f)] == files
 
 
-def _onnx_without_metadata(path: Path) -> None:
-    """A valid one-node ONNX model (Identity) that no convnext_pl export wrote."""
+def _identity_onnx(path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A valid one-node ONNX model (Identity) that no convnext_pl export wrote, with ``metadata`` props."""
     value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
     out = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "bare", [value], [out])
-    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.helper.set_model_props(model, metadata or {})
+    onnx.save(model, path)
 
 
 @pytest.mark.parametrize(
@@ -126,6 +128,8 @@ def _onnx_without_metadata(path: Path) -> None:
         ("missing image", ["{onnx}", "--images", "{tmp}/none.png"]),
         ("undecodable image", ["{onnx}", "--images", "{tmp}/text.png"]),
         ("batch size 0", ["{onnx}", "--images", "{images}", "--batch-size", "0"]),
+        ("negative threads", ["{onnx}", "--images", "{images}", "--threads", "-1"]),
+        ("damaged metadata", ["{tmp}/damaged.onnx", "--images", "{images}"]),
     ],
 )
 def test_onnx_predict_errors_are_one_line_and_exit_code_2(problem, argv, digits_onnx, tmp_path, capsys):
@@ -133,7 +137,8 @@ def test_onnx_predict_errors_are_one_line_and_exit_code_2(problem, argv, digits_
     (tmp_path / "text.onnx").write_text("not an onnx file")
     (tmp_path / "text.png").write_text("not a png")
     (tmp_path / "empty").mkdir()
-    _onnx_without_metadata(tmp_path / "bare.onnx")
+    _identity_onnx(tmp_path / "bare.onnx")
+    _identity_onnx(tmp_path / "damaged.onnx", {PREPROCESSING_KEY: '[{"op": "rotate"}]'})
     argv = [a.format(tmp=tmp_path, images=tmp_path / "images", onnx=digits_onnx) for a in argv]
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", *argv, "--output", str(tmp_path / "out.csv")])
