@@ -1,6 +1,6 @@
-"""The throughput benchmark's lightning path is the trainer ``python main.py fit`` builds: its callbacks (NaN
+"""The throughput benchmarks' lightning path is the trainer ``python main.py fit`` builds: its callbacks (NaN
 guard, step seeding, checkpoint policy, lr monitor) run in the timed window, and the ratio to the bare loop is
-reported."""
+reported, per window (``train_throughput.py``) and step by step (``lightning_overhead.py``)."""
 
 import sys
 
@@ -29,3 +29,20 @@ def test_the_lightning_path_runs_main_py_fits_callbacks_and_the_ratio_is_reporte
     ):
         assert hooks[hook] > 0, hook
     assert (tmp_path / "bench.json").is_file()
+
+
+def test_the_step_by_step_overhead_alternates_the_two_paths_and_reports_milliseconds(tmp_path):
+    import lightning_overhead
+
+    result = lightning_overhead.main(
+        ["--model", "convnext_atto", "--image-size", "32", "--batch-size", "2", "--num-classes", "10"]
+        + ["--block", "2", "--rounds", "2", "--json", str(tmp_path / "overhead.json")]
+    )
+    assert result["steps"] == {
+        "lightning": 3,
+        "bare": 4,
+    }  # the last Lightning step has no next start to end it
+    for summary in (result["median"], result["p10"]):
+        assert summary["lightning_ms"] > 0 and summary["bare_ms"] > 0
+        assert summary["overhead_ms"] == pytest.approx(summary["lightning_ms"] - summary["bare_ms"], abs=0.02)
+    assert (tmp_path / "overhead.json").is_file()
