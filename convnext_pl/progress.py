@@ -9,8 +9,19 @@ stdout is not a TTY (``convnext_pl.cli``).
 import sys
 import time
 
+import torch
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.data import extract_batch_size
+
+
+def images_in(batch) -> int:
+    """The number of images in a batch: the length of its first element (a tensor of images, or detection's list
+    of differently sized images), else Lightning's guess. Lightning's ``extract_batch_size`` alone would read a
+    detection batch's first image and count its 3 colour channels."""
+    first = batch[0] if isinstance(batch, (list, tuple)) and len(batch) else batch
+    if isinstance(first, (list, tuple, torch.Tensor)):
+        return len(first)
+    return extract_batch_size(batch)
 
 
 class LogLineProgress(ProgressBar):
@@ -50,7 +61,7 @@ class LogLineProgress(ProgressBar):
         self._last_time, self._last_step, self._images = time.perf_counter(), trainer.global_step, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._images += extract_batch_size(batch)
+        self._images += images_in(batch)
         step, now = trainer.global_step, time.perf_counter()
         due = step - self._last_step >= self.every_n_steps or now - self._last_time >= self.every_seconds
         if step == self._last_step or not due:

@@ -32,3 +32,14 @@ def test_main_py_in_a_pipe_prints_lines_not_bar_redraws_and_no_known_noise(tmp_p
         assert noise not in output
     flops = next(line for line in output.splitlines() if line.endswith("Total Flops"))
     assert float(flops.split()[0]) > 0  # the summary's FLOPs are the network's, not 0
+
+
+def test_images_per_batch_counts_detection_lists_and_tensors_not_colour_channels():
+    import torch
+
+    from convnext_pl.progress import images_in
+
+    detection = ([torch.zeros(3, 40, 50) for _ in range(4)], [{"boxes": torch.zeros(0, 4)} for _ in range(4)])
+    assert images_in(detection) == 4
+    assert images_in((torch.zeros(5, 3, 8, 8), torch.zeros(5))) == 5
+    assert images_in({"image": torch.zeros(6, 3, 8, 8)}) == 6
