@@ -18,7 +18,7 @@ from jsonargparse.typing import (
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from timm.data import Mixup
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from convnext_pl.checkpointing import (
@@ -128,7 +128,6 @@ class ImageClassifier(LightningModule):
                 label_smoothing=label_smoothing,
                 num_classes=self.num_classes,
             )
-        self.train_loss = MeanMetric()
         self.val_metrics = nn.ModuleDict({"val": _accuracy_metrics(self.num_classes)})
         self.val_metrics["val_ema"] = _accuracy_metrics(self.num_classes)
         self.test_metrics = _accuracy_metrics(self.num_classes)
@@ -248,7 +247,8 @@ class ImageClassifier(LightningModule):
             loss = torch.sum(-soft_targets * F.log_softmax(self(images), dim=-1), dim=-1).mean()
         else:
             loss = F.cross_entropy(self(images), targets, label_smoothing=self.hparams.label_smoothing)
-        self.log("train/loss", loss, prog_bar=True)
+        # batch_size given: Lightning would otherwise search the batch for it on every step.
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:

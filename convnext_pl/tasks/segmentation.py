@@ -24,7 +24,6 @@ from jsonargparse.typing import (
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from convnext_pl.checkpointing import refuse_a_checkpoint_that_does_not_fit
@@ -107,7 +106,6 @@ class SemanticSegmenter(LightningModule):
         self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
         self.net = net
         self.num_classes = net.num_classes
-        self.train_loss = MeanMetric()
         self.confusion = nn.ModuleDict(
             {
                 split: MulticlassConfusionMatrix(self.num_classes, ignore_index=IGNORE_INDEX)
@@ -161,12 +159,13 @@ class SemanticSegmenter(LightningModule):
         images, labels = batch
         heads = self.net.forward_heads(images)
         loss = self._pixel_loss(heads["decode"], labels)
-        self.log("train/loss_decode", loss)
+        n = images.shape[0]  # given to log: Lightning would otherwise search the batch for it on every call
+        self.log("train/loss_decode", loss, batch_size=n)
         if "aux" in heads:
             aux = self._pixel_loss(heads["aux"], labels)
-            self.log("train/loss_aux", aux)
+            self.log("train/loss_aux", aux, batch_size=n)
             loss = loss + self.hparams.aux_weight * aux
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
     @staticmethod
