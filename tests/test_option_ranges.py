@@ -71,14 +71,19 @@ OTHER_CASES = [
 ]
 
 
-def _one_error_line(args, root, capsys) -> str:
+def _error_line(config: str, args: list[str], root, capsys) -> str:
+    """Exit 2, exactly one ``error:`` line (returned), and no folder made."""
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["--config", DIGITS, *args, f"--trainer.default_root_dir={root}"], run=False)
+        cli_main(["--config", config, *args, f"--trainer.default_root_dir={root}"], run=False)
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, errors
     assert not root.exists()
     return errors[0]
+
+
+def _one_error_line(args, root, capsys) -> str:
+    return _error_line(DIGITS, args, root, capsys)
 
 
 @pytest.mark.parametrize(
@@ -243,16 +248,6 @@ TASK_CASES = [
     for option, values in options.items()
     for value in values
 ]
-
-
-def _error_line(config: str, args: list[str], root, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["--config", config, *args, f"--trainer.default_root_dir={root}"], run=False)
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, errors
-    assert not root.exists()
-    return errors[0]
 
 
 @pytest.mark.parametrize(
