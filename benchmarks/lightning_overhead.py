@@ -11,7 +11,8 @@ for ``--block`` steps of the bare loop on their own network, optimizer and batch
 at a time on the training thread's CPU clock (one torch thread, data loaded in-process), so they alternate
 within seconds and see the same machine. A Lightning step runs from one ``on_train_batch_start`` to the next
 (its hooks, logging, the next batch); a bare step from one ``step`` to the next (the same work without
-Lightning). Reported: median, 10th and 25th percentile ms per step of each path, their difference and ratio.
+Lightning). Reported: median, 10th and 25th percentile ms per step of each path, their difference and ratio, and
+the paired ratio (median over rounds of the two back-to-back blocks' time ratio, the steadiest of them).
 CPU only (``--clock thread`` semantics); on a GPU use ``train_throughput.py``, whose windows synchronise.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from train_throughput import BareLoop, MemoryMeter, main_py_fit_args
+from train_throughput import BareLoop, MemoryMeter, _load_average, main_py_fit_args
 from train_throughput import parse_args as throughput_args
 
 from convnext_pl.cli import cli_main
@@ -82,6 +83,7 @@ def run(args) -> dict:
         while True:
             yield from data.train_dataloader()
 
+    load_before = _load_average()
     stream = batches()
     for _ in range(WARMUP):
         bare.step(*next(stream), MemoryMeter(torch.device("cpu")))
@@ -102,10 +104,24 @@ def run(args) -> dict:
         }
     return {
         **summary,
+        "paired_lightning_over_bare": round(_paired_ratio(lightning, plain, args.block), 4),
         "mean_lightning_over_bare": round(statistics.mean(plain) / statistics.mean(lightning), 4),
         "steps": {"lightning": len(lightning), "bare": len(plain)},
+        "load_average": {"before": load_before, "after": _load_average()},
+        "lightning_ms_per_step": [round(ms, 3) for ms in lightning],
+        "bare_ms_per_step": [round(ms, 3) for ms in plain],
         "config": {k: v for k, v in vars(args).items() if k != "json"},
     }
+
+
+def _paired_ratio(lightning: list[float], plain: list[float], block: int) -> float:
+    """Median over rounds of bare / Lightning time of the round's two blocks, run back to back (the bare block
+    just before its Lightning block): the load changes from second to second far more than within a round."""
+    rounds = min(len(lightning), len(plain)) // block
+    return statistics.median(
+        sum(plain[r * block : (r + 1) * block]) / sum(lightning[r * block : (r + 1) * block])
+        for r in range(rounds)
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     torch.set_num_threads(1)
     result = run(args)
-    print(json.dumps({k: result[k] for k in ("median", "p25", "p10", "mean_lightning_over_bare")}, indent=2))
+    shown = ("median", "p25", "p10", "paired_lightning_over_bare", "mean_lightning_over_bare", "load_average")
+    print(json.dumps({k: result[k] for k in shown}, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

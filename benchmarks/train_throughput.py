@@ -233,6 +233,7 @@ def main_py_fit_args(args, root: str) -> list[str]:
         "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
         "--trainer.log_every_n_steps", str(args.log_every_n_steps), "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", root,
+        "--nonfinite_loss.check_gradients", str(args.check_gradients).lower(),
     ]  # fmt: skip
 
 
@@ -447,6 +448,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--hook-costs",
         action="store_true",
         help="also time each callback's training-step hooks and self.log in the lightning path (ms per step)",
+    )
+    parser.add_argument(
+        "--check-gradients",
+        action="store_true",
+        help="the lightning path's NaN guard also checks every gradient (--nonfinite_loss.check_gradients true)",
     )
     parser.add_argument(
         "--peak-tflops", type=float, help="the GPU's peak for MFU (default: from a small table)"

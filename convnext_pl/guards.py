@@ -5,10 +5,12 @@ Resuming lives in :mod:`convnext_pl.checkpointing` (checkpoints), :mod:`convnext
 :mod:`convnext_pl.data.resumable` (the data position).
 """
 
+import math
 from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -20,33 +22,49 @@ class NonFiniteLossError(UserError):
 
 
 class NonFiniteLossGuard(Callback):
-    """Skips every optimizer step whose loss or gradients are NaN or infinite, and stops the run (or, with
-    "skip", goes on) naming the step, without a host-device synchronisation per step.
+    """Skips every optimizer step whose loss is NaN or infinite (with ``check_gradients``, or on more than one
+    process, also every step whose gradients are), and stops the run (or, with "skip", goes on) naming the step,
+    without a host-device synchronisation per step.
 
-    Each step the check stays on the device: the flag ``loss or any gradient is non-finite`` is handed to the
-    fused AdamW as ``found_inf`` (as the gradient scaler of ``16-mixed`` does), and the kernel leaves the weights,
-    moments and step count untouched when it is set. A non-finite step therefore never changes the weights, and
-    a stopped run never writes non-finite ones. The host reads the counters once every ``log_every_n_steps``
-    optimizer steps (when Lightning logs, and synchronises, anyway) and at every epoch end: a diverged run
-    stops at most ``log_every_n_steps - 1`` optimizer steps after the first bad one, naming that step. The
-    decision uses the gradients, which DDP has averaged over the ranks, so all ranks agree without an extra
-    collective; the one all-reduce (of the counters) is at those checks.
+    Each step the check stays on the device: the flag ``the loss is non-finite`` (or any gradient) is handed to
+    the fused AdamW as ``found_inf`` (as the gradient scaler of ``16-mixed`` does), and the kernel leaves the
+    weights, moments and step count untouched when it is set. A non-finite step therefore never changes the
+    weights, and a stopped run never writes non-finite ones. The host reads the counters once every
+    ``log_every_n_steps`` optimizer steps (when Lightning logs, and synchronises, anyway) and at every epoch end:
+    a diverged run stops at most ``log_every_n_steps - 1`` optimizer steps after the first bad one, naming that
+    step. The one all-reduce (of the counters) is at those checks.
+
+    The gradient check reads every gradient once (the gradient scaler's fused kernel): on a GPU a few
+    microseconds, on a CPU a pass over memory (2 ms a step for ConvNeXt-atto, 2% of a 32-px step; 25 ms, 1%, for
+    ConvNeXt-T at 224 px; docs/scaling.md). One process leaves it off by default: a non-finite loss is what
+    diverging runs show (the official ConvNeXt training loop checks the loss alone), and a finite loss with
+    non-finite gradients (an overflow in the backward pass) shows up as a non-finite loss one step later. More
+    than one process always checks the gradients: the ranks' losses differ, but DDP has averaged the gradients
+    (a NaN on one rank reaches all), so every rank takes the same decision without an extra collective.
 
     With an optimizer that takes no ``found_inf`` (not fused) the check falls back to reading the flag every
-    step and discarding the gradients of a bad step (one synchronisation per step, the behaviour before).
-    With ``16-mixed`` the gradient scaler skips such steps itself; the guard only counts and reports them.
+    step and discarding the gradients of a bad step (one synchronisation per step). With ``16-mixed`` the
+    gradient scaler skips steps with non-finite gradients itself; the guard only counts and reports them.
 
     Args:
         action: "stop" raises :class:`NonFiniteLossError` naming the step and the likely causes; "skip" drops
             the update of that optimizer step and training goes on.
         max_consecutive_skips: with "skip", stop anyway after this many bad steps in a row: the run diverged.
+        check_gradients: also skip a step whose loss is finite but whose gradients are not, on one process too.
     """
 
-    def __init__(self, action: Literal["stop", "skip"] = "stop", max_consecutive_skips: int = 10):
+    def __init__(
+        self,
+        action: Literal["stop", "skip"] = "stop",
+        max_consecutive_skips: NonNegativeInt = 10,
+        check_gradients: bool = False,
+    ):
         if action not in ("stop", "skip"):
             raise UserError(f"nonfinite_loss.action must be 'stop' or 'skip', got {action!r}")
         self.action = action
         self.max_consecutive_skips = max_consecutive_skips
+        self.check_gradients = check_gradients
+        self._gradients_decide = check_gradients  # set per run: also on more than one process
         self.skipped_steps = 0
         self._counters: dict[str, torch.Tensor] = {}
         self._loss_bad: torch.Tensor | None = None
@@ -58,6 +76,7 @@ class NonFiniteLossGuard(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         device = pl_module.device
+        self._gradients_decide = self.check_gradients or trainer.world_size > 1
         self._counters = {  # float64: steps and counts stay exact, and one stack reads them all
             name: torch.full((), value, dtype=torch.float64, device=device)
             for name, value in (
@@ -87,7 +106,6 @@ class NonFiniteLossGuard(Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         optimizer = getattr(optimizer, "_optimizer", optimizer)  # Lightning's wrapper -> the torch optimizer
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self._loss_bad is not None:
             found, loss = self._loss_bad.float(), self._loss  # 1.0: the loss was not finite
         else:  # no backward hook ran (manual optimisation): the gradients alone decide
@@ -95,8 +113,12 @@ class NonFiniteLossGuard(Callback):
                 torch.zeros((), device=self._first_loss.device),
                 self._first_loss.new_tensor(float("nan")),
             )
+        if self._gradients_decide or self._loss_bad is None:
+            grads = [
+                p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+            ]
+            _mark_non_finite(grads, found)
         self._loss_bad = None
-        _mark_non_finite(grads, found)
         bad = found > 0
         self._count(bad, loss)
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
@@ -139,8 +161,12 @@ class NonFiniteLossGuard(Callback):
         if not self._counters:
             return
         c = self._counters
-        values = torch.stack([c["bad"], c["first"], self._first_loss, c["over"], self._over_loss])
-        bad, first, first_loss, over, over_loss = trainer.strategy.reduce(values, reduce_op="max").tolist()
+        values = torch.stack(
+            [c["bad"], c["first"], *_split(self._first_loss), c["over"], *_split(self._over_loss)]
+        )
+        reduced = trainer.strategy.reduce(values, reduce_op="max").tolist()  # the ranks' losses differ
+        bad, first, first_value, first_kind, over, over_value, over_kind = reduced
+        first_loss, over_loss = _join(first_value, first_kind), _join(over_value, over_kind)
         positions, self._positions = self._positions, {}
         c["bad"].zero_()
         c["first"].fill_(-1)
@@ -158,7 +184,7 @@ class NonFiniteLossGuard(Callback):
         if over >= 0:
             raise NonFiniteLossError(
                 f"{self._where(int(over), over_loss, positions)}, {self.max_consecutive_skips + 1} non-finite "
-                "losses in a row: training diverged; lower model.lr or use precision 32-true or bf16-mixed"
+                "steps in a row: training diverged; lower model.lr or use precision 32-true or bf16-mixed"
             )
         more = f" and {new_bad - 1} more before step {trainer.global_step}" if new_bad > 1 else ""
         rank_zero_warn(f"{where}: skipped this optimizer step{more} ({self.skipped_steps} skipped so far)")
@@ -166,6 +192,8 @@ class NonFiniteLossGuard(Callback):
     @staticmethod
     def _where(step: int, loss: float, positions: dict[int, tuple[int, int]]) -> str:
         epoch, batch = positions.get(step, ("?", "?"))
+        if math.isfinite(loss):  # the loss was a number: the gradients were not
+            return f"a gradient is not finite at step {step} (epoch {epoch}, batch {batch}; train/loss {loss:.4g})"
         return f"train/loss is {loss} at step {step} (epoch {epoch}, batch {batch})"
 
     def state_dict(self) -> dict[str, int]:
@@ -173,6 +201,18 @@ class NonFiniteLossGuard(Callback):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.skipped_steps = state_dict["skipped_steps"]
+
+
+def _split(loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loss as (its value where finite, else -inf; 2 for NaN, 1 for inf, 0 for a number), whose maxima over the
+    ranks say whether any rank's loss was non-finite (a maximum with NaN depends on the order of the ranks)."""
+    finite = torch.isfinite(loss)
+    kind = torch.where(torch.isnan(loss), 2.0, torch.where(finite, 0.0, 1.0)).to(loss.dtype)
+    return torch.where(finite, loss, float("-inf")), kind
+
+
+def _join(value: float, kind: float) -> float:
+    return {2.0: float("nan"), 1.0: float("inf")}.get(kind, value)
 
 
 def _mark_non_finite(grads: list[torch.Tensor], found: torch.Tensor) -> None:

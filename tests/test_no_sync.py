@@ -103,11 +103,15 @@ def test_a_nan_step_changes_no_weight_and_the_stop_comes_within_one_log_interval
     assert all(torch.isfinite(p).all() for p in cli.model.parameters())
 
 
-def test_a_finite_loss_with_a_non_finite_gradient_changes_no_weight():
+# The gradient check asked for, or implied by more than one process (where the ranks' losses differ).
+@pytest.mark.parametrize("check_gradients, world_size", [(True, 1), (False, 2)])
+def test_a_finite_loss_with_a_non_finite_gradient_changes_no_weight(check_gradients, world_size):
     net = torch.nn.Linear(4, 3)
     optimizer = torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)  # what build_optimizer returns
-    guard = NonFiniteLossGuard()
-    trainer = SimpleNamespace(global_step=0, log_every_n_steps=50, precision_plugin=None)
+    guard = NonFiniteLossGuard(check_gradients=check_gradients)
+    trainer = SimpleNamespace(
+        global_step=0, log_every_n_steps=50, precision_plugin=None, world_size=world_size
+    )
     module = SimpleNamespace(device=torch.device("cpu"))
     guard.on_train_start(trainer, module)
 

@@ -65,6 +65,9 @@ OTHER_OPTIONS = {
         "1.5",
         "abc",
     ],  # positive int
+    ("nonfinite_loss.action", ()): ["halt"],  # "stop" or "skip"
+    ("nonfinite_loss.max_consecutive_skips", ()): ["-1", "1.5", "abc"],  # non-negative int
+    ("nonfinite_loss.check_gradients", ()): ["maybe"],  # bool
 }
 OTHER_CASES = [
     (option, extra, value) for (option, extra), values in OTHER_OPTIONS.items() for value in values

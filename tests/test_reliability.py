@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import DIGITS, QUIET, run_main
-from helpers.callbacks import PoisonBatches
+from helpers.callbacks import PoisonBatches, PoisonGradients
 
 from convnext_pl import checkpointing
 from convnext_pl.checkpointing import PARTIAL_PREFIX, AtomicCheckpointIO
@@ -123,8 +123,49 @@ def test_skip_still_stops_a_run_that_keeps_diverging(tmp_path, capsys):
         cli_main(args + ["--trainer.default_root_dir", str(tmp_path)])
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith(
-        "error: train/loss is nan at step 3 (epoch 0, batch 3), 3 non-finite losses in a row"
+        "error: train/loss is nan at step 3 (epoch 0, batch 3), 3 non-finite steps in a row"
     )
+
+
+def test_a_non_finite_gradient_of_a_finite_loss_changes_the_weights_only_without_the_gradient_check(tmp_path):
+    args = [*FIT, "--trainer.callbacks+=helpers.callbacks.PoisonGradients", "--trainer.callbacks.steps", "[2]",
+            "--nonfinite_loss.action", "skip"]  # fmt: skip
+    with pytest.warns(
+        UserWarning, match=r"a gradient is not finite at step 2 \(epoch 0, batch 2; train/loss \d"
+    ):
+        checked = cli_main([*args, "--nonfinite_loss.check_gradients", "true",
+                            "--trainer.default_root_dir", str(tmp_path / "checked")])  # fmt: skip
+    sums = next(c for c in checked.trainer.callbacks if isinstance(c, PoisonGradients)).weight_sums
+    assert sums[3] == sums[2] and sums[2] != sums[1] and sums[4] != sums[3]  # only step 2 left no update
+    assert all(torch.isfinite(p).all() for p in checked.model.parameters())
+
+    # The default on one process: the loss alone decides, the infinite gradient reaches the weights.
+    unchecked = cli_main([*args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+                          "--trainer.default_root_dir", str(tmp_path / "default")])  # fmt: skip
+    assert not all(torch.isfinite(p).all() for p in unchecked.model.parameters())
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_ddp_rank_is_skipped_by_every_rank(tmp_path):
+    # The ranks' losses differ; the averaged gradients, which every rank checks on more than one process, do not.
+    root = tmp_path / "ddp"
+    result = run_main(
+        [*FIT, "--trainer.default_root_dir", str(root), "--nonfinite_loss.action", "skip",
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+         "--trainer.callbacks+=helpers.callbacks.PoisonBatches", "--trainer.callbacks.steps", "[2]",
+         "--trainer.callbacks.rank", "1"],
+    )  # fmt: skip
+    # Rank 0's loss was finite, its averaged gradients were not; the counters, reduced over the ranks, name rank
+    # 1's loss, and rank 0 reports it once.
+    assert (
+        result.stderr.count("train/loss is nan at step 2 (epoch 0, batch 2): skipped this optimizer step")
+        == 1
+    )
+    last = torch.load(next(root.rglob("last.ckpt")), weights_only=False, map_location="cpu")
+    assert last["global_step"] == 5
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    guard = next(v for k, v in last["callbacks"].items() if k.startswith("NonFiniteLossGuard"))
+    assert guard == {"skipped_steps": 1}
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ def test_the_step_by_step_overhead_alternates_the_two_paths_and_reports_millisec
         "lightning": 3,
         "bare": 4,
     }  # the last Lightning step has no next start to end it
+    assert result["paired_lightning_over_bare"] > 0 and len(result["bare_ms_per_step"]) == 4
     for summary in (result["median"], result["p10"]):
         assert summary["lightning_ms"] > 0 and summary["bare_ms"] > 0
         assert summary["overhead_ms"] == pytest.approx(summary["lightning_ms"] - summary["bare_ms"], abs=0.02)

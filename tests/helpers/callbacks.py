@@ -56,10 +56,12 @@ class PoisonBatches(Callback):
 
     Args:
         steps: global steps whose batch is poisoned.
+        rank: the only global rank whose batches are poisoned (None: every rank).
     """
 
-    def __init__(self, steps: list[int]):
+    def __init__(self, steps: list[int], rank: int | None = None):
         self.steps = set(steps)
+        self.rank = rank
         self.weight_sums: dict[int, float] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -67,5 +69,25 @@ class PoisonBatches(Callback):
             self.weight_sums[trainer.global_step] = sum(
                 p.double().sum().item() for p in pl_module.parameters()
             )
-        if trainer.global_step in self.steps:
+        if trainer.global_step in self.steps and self.rank in (None, trainer.global_rank):
             batch[0].fill_(float("nan"))
+
+
+class PoisonGradients(PoisonBatches):
+    """Leaves the loss of the given global steps finite but sets one gradient element to infinity after the
+    backward pass (an overflow in the backward pass), and records a checksum of the weights at the start of every
+    batch.
+
+    Args:
+        steps: global steps whose gradients are poisoned.
+    """
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        steps, self.steps = self.steps, set()  # record the checksum, poison no batch
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.steps = steps
+
+    def on_after_backward(self, trainer, pl_module):
+        if trainer.global_step in self.steps:
+            grad = next(p.grad for p in pl_module.parameters() if p.grad is not None)
+            grad.view(-1)[0] = float("inf")
