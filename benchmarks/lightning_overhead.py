@@ -12,7 +12,8 @@ at a time on the training thread's CPU clock (one torch thread, data loaded in-p
 within seconds and see the same machine. A Lightning step runs from one ``on_train_batch_start`` to the next
 (its hooks, logging, the next batch); a bare step from one ``step`` to the next (the same work without
 Lightning). Reported: median, 10th and 25th percentile ms per step of each path, their difference and ratio, and
-the paired ratio (median over rounds of the two back-to-back blocks' time ratio, the steadiest of them).
+the paired ratio (median over rounds of the two back-to-back blocks' time ratio). ``--pool runs/bench/a*.json``
+summarises several runs' files: the median over runs and the ratio over all their steps.
 CPU only (``--clock thread`` semantics); on a GPU use ``train_throughput.py``, whose windows synchronise.
 """
 
@@ -124,21 +125,53 @@ def _paired_ratio(lightning: list[float], plain: list[float], block: int) -> flo
     )
 
 
+def pool(files: list[Path]) -> dict:
+    """Several runs' JSON files together: the median over runs of each ratio, and the ratio of the medians of all
+    their steps pooled (on a shared machine single runs spread by several percent)."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    lightning = [ms for run in runs for ms in run["lightning_ms_per_step"]]
+    plain = [ms for run in runs for ms in run["bare_ms_per_step"]]
+    per_run = [run["median"]["lightning_over_bare"] for run in runs]
+    return {
+        "runs": len(runs),
+        "median_over_runs": statistics.median(per_run),
+        "range_over_runs": [min(per_run), max(per_run)],
+        "p10_median_over_runs": statistics.median(run["p10"]["lightning_over_bare"] for run in runs),
+        "paired_median_over_runs": statistics.median(run["paired_lightning_over_bare"] for run in runs),
+        "pooled": {
+            "steps": {"lightning": len(lightning), "bare": len(plain)},
+            "lightning_ms": round(statistics.median(lightning), 2),
+            "bare_ms": round(statistics.median(plain), 2),
+            "lightning_over_bare": round(statistics.median(plain) / statistics.median(lightning), 4),
+        },
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--block", type=int, default=5, help="steps of one path before switching to the other"
     )
     parser.add_argument("--rounds", type=int, default=40, help="blocks of each path (steps = block x rounds)")
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        nargs="+",
+        help="summarise these runs' --json files together instead of measuring",
+    )
     known, rest = parser.parse_known_args(argv)
     # The model, data and trainer options are train_throughput.py's (CPU, one thread, thread clock).
     args = throughput_args([*rest, "--device", "cpu", "--threads", "1", "--clock", "thread"])
-    args.block, args.rounds = known.block, known.rounds
+    args.block, args.rounds, args.pool = known.block, known.rounds, known.pool
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.pool:
+        result = pool(args.pool)
+        print(json.dumps(result, indent=2))
+        return result
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     torch.set_num_threads(1)
     result = run(args)

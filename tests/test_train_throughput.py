@@ -47,3 +47,9 @@ def test_the_step_by_step_overhead_alternates_the_two_paths_and_reports_millisec
         assert summary["lightning_ms"] > 0 and summary["bare_ms"] > 0
         assert summary["overhead_ms"] == pytest.approx(summary["lightning_ms"] - summary["bare_ms"], abs=0.02)
     assert (tmp_path / "overhead.json").is_file()
+
+    pooled = lightning_overhead.main(
+        ["--pool", str(tmp_path / "overhead.json"), str(tmp_path / "overhead.json")]
+    )
+    assert pooled["runs"] == 2 and pooled["pooled"]["steps"] == {"lightning": 6, "bare": 8}
+    assert pooled["median_over_runs"] == result["median"]["lightning_over_bare"]
