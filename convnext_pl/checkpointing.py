@@ -25,6 +25,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from convnext_pl.callbacks import EMA, store_raw_weights
@@ -321,6 +322,7 @@ _SETTING_NAMES = {
     "peak_lr": "peak lr",
     "total_steps": "total optimizer steps",
     "warmup_steps": "warm-up steps",
+    "lr_drop_steps": "lr drop steps",
     "data_class": "data class",
     "data_root": "data root",
 }
@@ -377,6 +379,51 @@ def read_schedule_settings(ckpt_path: str | Path) -> dict[str, Any] | None:
     except RuntimeError:  # a file in torch's legacy (non-zip) format cannot be memory-mapped
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     return checkpoint.get(SCHEDULE_SETTINGS_KEY)
+
+
+class ResumableSchedule:
+    """What a task's LightningModule needs so a resume with changed schedule settings is refused, not silently
+    continued on the checkpoint's schedule: checkpoints store :func:`schedule_settings`, and a ``--ckpt_path``
+    resume compares them with this run's before training (``--accept_changed_settings`` continues the
+    checkpoint's schedule and says what changed). Listed before ``LightningModule`` among the bases.
+
+    The task defines ``lr_schedule_settings()`` (the effective batch, peak lr, warm-up and total steps its
+    schedule is built from), calls :meth:`remember_saved_schedule` from its ``on_load_checkpoint`` and builds its
+    schedule from :meth:`resolved_schedule_settings` in ``configure_optimizers``.
+    """
+
+    # True from the CLI's --accept_changed_settings; not a hyperparameter: it says how to resume, not what to train.
+    accept_changed_settings: bool = False
+    _schedule_info: dict[str, Any] | None = (
+        None  # this run's lr_schedule_settings(), once the schedule is built
+    )
+    _saved_schedule_settings: dict[str, Any] | None = (
+        None  # the resumed checkpoint's (None: an older checkpoint)
+    )
+
+    def remember_saved_schedule(self, checkpoint: dict) -> None:
+        """Keep a loaded checkpoint's settings; ``on_load_checkpoint`` runs before ``configure_optimizers``."""
+        self._saved_schedule_settings = checkpoint.get(SCHEDULE_SETTINGS_KEY)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._schedule_info:
+            checkpoint[SCHEDULE_SETTINGS_KEY] = schedule_settings(self.trainer, **self._schedule_info)
+
+    def resolved_schedule_settings(self) -> dict[str, Any]:
+        """This run's ``lr_schedule_settings()``; on a resume compared with the checkpoint's (refused, or with
+        ``accept_changed_settings`` reported: Lightning then restores the checkpoint's scheduler state, so the
+        schedule the checkpoint was on goes on)."""
+        settings = self._schedule_info = self.lr_schedule_settings()
+        if self.trainer.ckpt_path:
+            changes = refuse_changed_settings(
+                self.trainer.ckpt_path,
+                self._saved_schedule_settings,
+                schedule_settings(self.trainer, **settings),
+                self.accept_changed_settings,
+            )
+            if changes:
+                rank_zero_info(f"Continuing the checkpoint's lr schedule; changed: {', '.join(changes)}")
+        return settings
 
 
 def refuse_a_changed_resume(trainer: pl.Trainer, module: pl.LightningModule, ckpt_path: str | Path) -> None:

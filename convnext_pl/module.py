@@ -21,12 +21,7 @@ from timm.data import Mixup
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from convnext_pl.checkpointing import (
-    SCHEDULE_SETTINGS_KEY,
-    refuse_a_checkpoint_that_does_not_fit,
-    refuse_changed_settings,
-    schedule_settings,
-)
+from convnext_pl.checkpointing import ResumableSchedule, refuse_a_checkpoint_that_does_not_fit
 from convnext_pl.errors import UserError
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_cosine
 from convnext_pl.parallel import ShardUnit, fully_shard_network
@@ -47,7 +42,7 @@ def _accuracy_metrics(num_classes: int) -> MetricCollection:
     )
 
 
-class ImageClassifier(LightningModule):
+class ImageClassifier(ResumableSchedule, LightningModule):
     """Image classification with the ConvNeXt training recipe.
 
     Args:
@@ -77,10 +72,6 @@ class ImageClassifier(LightningModule):
         shard_unit: the FSDP2 unit under ``ModelParallelStrategy`` (``configs/trainer/fsdp2.yaml``): ``"block"``
             or ``"stage"``; ignored by every other strategy.
     """
-
-    # A --ckpt_path resume whose schedule settings or data differ from the checkpoint's is refused unless this is
-    # True (the CLI's --accept_changed_settings); not a hyperparameter: it says how to resume, not what to train.
-    accept_changed_settings: bool = False
 
     def __init__(
         self,
@@ -222,12 +213,7 @@ class ImageClassifier(LightningModule):
         # of another model or class count (a --ckpt_path of another run, a changed config) gets one sentence.
         self._pretrained_loaded = True  # the checkpoint's weights, not `pretrained`, are the ones to keep
         refuse_a_checkpoint_that_does_not_fit(self, checkpoint)
-        # Runs before configure_optimizers, which compares them with this run's (None: an older checkpoint).
-        self._saved_schedule_settings = checkpoint.get(SCHEDULE_SETTINGS_KEY)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if getattr(self, "_schedule_info", None):
-            checkpoint[SCHEDULE_SETTINGS_KEY] = schedule_settings(self.trainer, **self._schedule_info)
+        self.remember_saved_schedule(checkpoint)
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -307,7 +293,7 @@ class ImageClassifier(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        settings = self._schedule_info = self.lr_schedule_settings()
+        settings = self.resolved_schedule_settings()  # on a resume, compared with the checkpoint's
         effective_batch, peak_lr = settings["effective_batch_size"], settings["peak_lr"]
         warmup_steps, total_steps = settings["warmup_steps"], settings["total_steps"]
         layer_ids = self.net.layer_ids() if hp.layer_decay is not None else None
@@ -323,24 +309,12 @@ class ImageClassifier(LightningModule):
                 f"the warm-up ({warmup_steps} steps) is longer than the run ({total_steps} optimizer steps): the lr "
                 "never reaches its peak; shorten model.init_args.warmup_epochs/warmup_steps"
             )
-        if self.trainer.ckpt_path:
-            # A resume: Lightning restores the scheduler's state (its step, base lrs and WarmupCosine's fields)
-            # after this, so a schedule built from other settings would be replaced by the checkpoint's silently.
-            changes = refuse_changed_settings(
-                self.trainer.ckpt_path,
-                getattr(self, "_saved_schedule_settings", None),
-                schedule_settings(self.trainer, **self._schedule_info),
-                self.accept_changed_settings,
-            )
-            if changes:
-                rank_zero_info(f"Continuing the checkpoint's lr schedule; changed: {', '.join(changes)}")
         return {"optimizer": optimizer, "lr_scheduler": per_step(optimizer, schedule)}
 
     def on_train_start(self) -> None:
-        info = getattr(self, "_schedule_info", None)
-        if info:
+        if self._schedule_info:
             for logger in self.loggers:
-                logger.log_hyperparams(info)
+                logger.log_hyperparams(self._schedule_info)
 
 
 def created_in_code() -> bool:

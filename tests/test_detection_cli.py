@@ -49,7 +49,7 @@ def val_metrics(run_dir) -> dict[str, float]:
     return {k: float(v) for row in rows for k, v in row.items() if k.startswith("val/") and v}
 
 
-def test_fit_validate_predict_and_resume(tmp_path):
+def test_fit_validate_predict_and_resume(tmp_path, capsys):
     root, runs = tmp_path / "shapes", tmp_path / "runs"
     args = tiny(root, runs)
     cli_main(["fit", *args, "--trainer.max_epochs", "1", "--run_name", "det"])
@@ -78,7 +78,16 @@ def test_fit_validate_predict_and_resume(tmp_path):
     assert {a["category_id"] for a in loaded.anns.values()} <= {1, 3, 7}  # COCO ids, not labels
     assert len(list((out / "drawn").glob("*.png"))) == 2
 
-    cli_main(["fit", *args, "--trainer.max_epochs", "2", "--run_name", "det", "--ckpt_path", "last"])
+    # Two epochs instead of one: another schedule length, refused in one line and leaving no folder ...
+    resume = ["fit", *args, "--trainer.max_epochs", "2", "--run_name", "det", "--ckpt_path", "last"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(resume)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: resuming {last} with changed settings: total optimizer steps 2 -> 4;")
+    assert not (runs / "det" / "version_1").exists()
+    # ... unless asked for: the checkpoint's schedule goes on.
+    cli_main([*resume, "--accept_changed_settings=true"])
     resumed = torch.load(runs / "det" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 1 and resumed["global_step"] == 4  # 2 steps before the resume, 2 after
 

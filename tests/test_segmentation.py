@@ -84,10 +84,22 @@ def test_validate_and_predict_from_the_checkpoint(fitted):
         assert set(np.unique(np.array(mask))) <= set(range(5))
 
 
-def test_resume_from_last_checkpoint_continues_the_step_count(fitted):
+def test_resume_from_last_checkpoint_continues_the_step_count(fitted, capsys):
     root, run = fitted
     ckpt = str(run / "checkpoints" / "last.ckpt")
-    cli = cli_main(["fit", *_args(root), *CPU, "--trainer.max_epochs=2", f"--ckpt_path={ckpt}"])
+    resume = ["fit", *_args(root), *CPU, "--trainer.max_epochs=2", f"--ckpt_path={ckpt}"]
+    # Another batch size and twice the epochs (another poly schedule), refused in one line before a folder is made
+    # ...
+    before = sorted(run.parent.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*resume, "--data.init_args.batch_size=1"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    changes = "effective batch 2 -> 1, total optimizer steps 2 -> 4;"
+    assert error.startswith(f"error: resuming {ckpt} with changed settings: {changes}")
+    assert sorted(run.parent.iterdir()) == before
+    # ... unless asked for: the checkpoint's schedule goes on.
+    cli = cli_main([*resume, "--accept_changed_settings=true"])
     assert cli.trainer.global_step == 4  # two steps restored, two more run
     assert torch.load(ckpt, weights_only=True)["global_step"] == 2
 

@@ -29,7 +29,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from convnext_pl.checkpointing import refuse_a_checkpoint_that_does_not_fit
+from convnext_pl.checkpointing import ResumableSchedule, refuse_a_checkpoint_that_does_not_fit
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import DECAY_TYPES
 from convnext_pl.models.mask_rcnn import detector_layer_ids
@@ -49,7 +49,7 @@ COCO_METRICS = {
 IOU_TYPES = {"bbox": "box", "segm": "mask"}
 
 
-class MaskRCNNDetector(LightningModule):
+class MaskRCNNDetector(ResumableSchedule, LightningModule):
     """Mask R-CNN / Faster R-CNN training, COCO evaluation and prediction.
 
     Args:
@@ -114,6 +114,7 @@ class MaskRCNNDetector(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         refuse_a_checkpoint_that_does_not_fit(self, checkpoint, what="detector")
+        self.remember_saved_schedule(checkpoint)
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, images: list[torch.Tensor]) -> list[dict]:
@@ -205,10 +206,26 @@ class MaskRCNNDetector(LightningModule):
         return [DetectionWriter()]
 
     # -------------------------------------------------------------------------------------------- optimizer
+    def lr_schedule_settings(self) -> dict[str, int | float | list[int]]:
+        """What the lr schedule is built from (the effective batch, peak lr, warm-up steps, total optimizer steps
+        and the steps where the lr drops); checkpoints store them and a resume compares them
+        (:class:`~convnext_pl.checkpointing.ResumableSchedule`)."""
+        batch = effective_batch_size(self.trainer)
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
+        return {
+            "effective_batch_size": batch,
+            "peak_lr": scaled_lr(self.hparams.lr, batch, self.hparams.lr_reference_batch),
+            "warmup_steps": self.hparams.warmup_steps,
+            "total_steps": total_steps,
+            "lr_drop_steps": [round(epoch * steps_per_epoch) for epoch in self.hparams.lr_steps],
+        }
+
     def configure_optimizers(self):
         hp = self.hparams
-        batch = effective_batch_size(self.trainer)
-        lr = scaled_lr(hp.lr, batch, hp.lr_reference_batch)
+        settings = self.resolved_schedule_settings()  # on a resume, compared with the checkpoint's
+        batch, lr = settings["effective_batch_size"], settings["peak_lr"]
+        total_steps, milestones = settings["total_steps"], settings["lr_drop_steps"]
         layer_ids = detector_layer_ids(self.net, hp.decay_type, hp.num_layers) if hp.layer_decay else None
         optimizer = build_optimizer(
             self.net,
@@ -220,9 +237,6 @@ class MaskRCNNDetector(LightningModule):
             betas=hp.betas,
             config_prefix="model.init_args",
         )
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
-        milestones = [round(epoch * steps_per_epoch) for epoch in hp.lr_steps]
         rank_zero_info(
             f"Effective batch {batch}, peak lr {lr:.3g}, {hp.warmup_steps} warm-up steps, "
             f"lr x{hp.lr_gamma} at steps {milestones} of {total_steps}"

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from convnext_pl.checkpointing import refuse_a_checkpoint_that_does_not_fit
+from convnext_pl.checkpointing import ResumableSchedule, refuse_a_checkpoint_that_does_not_fit
 from convnext_pl.data.seg_transforms import IGNORE_INDEX
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import DECAY_TYPES, dense_layer_ids
@@ -45,7 +45,7 @@ def palette(num_classes: int) -> list[int]:
     return colours[: max(num_classes, IGNORE_INDEX + 1)].flatten().tolist()
 
 
-class SemanticSegmenter(LightningModule):
+class SemanticSegmenter(ResumableSchedule, LightningModule):
     """Semantic segmentation with the official UperNet recipe.
 
     Args:
@@ -146,6 +146,7 @@ class SemanticSegmenter(LightningModule):
         # list load_state_dict prints; its weights, not `pretrained`, are the ones to keep.
         self._pretrained_loaded = True
         refuse_a_checkpoint_that_does_not_fit(self, checkpoint)
+        self.remember_saved_schedule(checkpoint)
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -225,10 +226,23 @@ class SemanticSegmenter(LightningModule):
         return Path(self.trainer.log_dir or ".") / "masks"
 
     # -------------------------------------------------------------------------------------------- optimizer
+    def lr_schedule_settings(self) -> dict[str, int | float]:
+        """What the lr schedule is built from (the effective batch, peak lr, warm-up and total optimizer steps);
+        checkpoints store them and a resume compares them (:class:`~convnext_pl.checkpointing.ResumableSchedule`).
+        """
+        effective_batch = effective_batch_size(self.trainer)
+        return {
+            "effective_batch_size": effective_batch,
+            "peak_lr": scaled_lr(self.hparams.lr, effective_batch, self.hparams.lr_reference_batch),
+            "warmup_steps": self.hparams.warmup_steps,
+            "total_steps": max(1, int(self.trainer.estimated_stepping_batches)),
+        }
+
     def configure_optimizers(self):
         hp = self.hparams
-        effective_batch = effective_batch_size(self.trainer)
-        peak_lr = scaled_lr(hp.lr, effective_batch, hp.lr_reference_batch)
+        settings = self.resolved_schedule_settings()  # on a resume, compared with the checkpoint's
+        effective_batch, peak_lr = settings["effective_batch_size"], settings["peak_lr"]
+        total_steps = settings["total_steps"]
         layer_ids = (
             dense_layer_ids(self.net, hp.decay_type, hp.num_layers) if hp.layer_decay is not None else None
         )
@@ -236,7 +250,6 @@ class SemanticSegmenter(LightningModule):
             self.net, peak_lr, hp.weight_decay, hp.layer_decay, layer_ids, hp.num_layers + 1, hp.betas,
             config_prefix="model.init_args",
         )  # fmt: skip
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         min_ratio = hp.min_lr / hp.lr if hp.lr > 0 else 0.0
         schedule = warmup_poly(hp.warmup_steps, total_steps, hp.poly_power, min_ratio, hp.warmup_ratio)
         rank_zero_info(
