@@ -1,6 +1,7 @@
-"""Every range-checked option of the three tasks (classification, segmentation, detection: model, network, data and
-EMA options), just outside its range and of a wrong type, through the CLI's parse and instantiate stage: exit code
-2, exactly one ``error:`` line naming the option, no folder. Relations between options are refused by hand."""
+"""Every range-checked option of the three tasks (classification, segmentation, detection: model, network, data,
+EMA and NaN-guard options), just outside its range and of a wrong type, through the CLI's parse and instantiate
+stage: exit code 2, exactly one ``error:`` line naming the option, no folder. Relations between options are refused
+by hand."""
 
 import pytest
 from helpers import DIGITS, EXPERIMENTS, SHORT
