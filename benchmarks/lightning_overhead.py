@@ -27,11 +27,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from train_throughput import BareLoop, MemoryMeter, _load_average, main_py_fit_args
+from train_throughput import BareLoop, MemoryMeter, _load_average, main_py_fit_args, synthetic_data
 from train_throughput import parse_args as throughput_args
 
 from convnext_pl.cli import cli_main
-from convnext_pl.data import SyntheticDataModule
 from convnext_pl.models import create_model
 
 WARMUP = 3  # untimed steps of each path: allocator growth, first-touch page faults, AdamW state
@@ -69,13 +68,7 @@ def run(args) -> dict:
     steps = args.block * args.rounds
     args.warmup, args.steps = WARMUP, steps  # main_py_fit_args runs warmup + steps
     args.train_size = args.batch_size * (WARMUP + steps + 1)
-    data = SyntheticDataModule(
-        num_classes=args.num_classes,
-        image_size=args.image_size,
-        train_size=args.train_size,
-        batch_size=args.batch_size,
-    )
-    data.setup("fit")
+    data = synthetic_data(args)
     torch.manual_seed(0)
     model_args = {"num_classes": args.num_classes, "patch_size": args.patch_size or 4}
     bare = BareLoop(create_model(args.model, **model_args), args, total_steps=WARMUP + steps)

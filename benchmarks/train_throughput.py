@@ -309,6 +309,19 @@ class BareLoop:
 
 
 # ------------------------------------------------------------------------------------------------------- main
+def synthetic_data(args) -> SyntheticDataModule:
+    """The benchmark's synthetic batches (``args.train_size`` images), set up for fitting: what the bare loop reads
+    and, through ``main_py_fit_args``, what the lightning path is given."""
+    data = SyntheticDataModule(
+        num_classes=args.num_classes,
+        image_size=args.image_size,
+        train_size=args.train_size,
+        batch_size=args.batch_size,
+    )
+    data.setup("fit")
+    return data
+
+
 def build(args) -> tuple[dict[str, Callable[[], Window]], dict]:
     """The three measurements as callables, plus facts about the models (parameters, MACs)."""
     torch.manual_seed(0)
@@ -317,13 +330,7 @@ def build(args) -> tuple[dict[str, Callable[[], Window]], dict]:
     if args.patch_size is not None:
         model_args["patch_size"] = args.patch_size
     args.train_size = args.batch_size * (args.warmup + args.steps)
-    data = SyntheticDataModule(
-        num_classes=args.num_classes,
-        image_size=args.image_size,
-        train_size=args.train_size,
-        batch_size=args.batch_size,
-    )
-    data.setup("fit")
+    data = synthetic_data(args)
     ours = create_model(args.model, **model_args)
     theirs = timm.create_model(args.model, pretrained=False, **model_args)
     info = {
