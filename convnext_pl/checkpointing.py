@@ -394,12 +394,9 @@ class ResumableSchedule:
 
     # True from the CLI's --accept_changed_settings; not a hyperparameter: it says how to resume, not what to train.
     accept_changed_settings: bool = False
-    _schedule_info: dict[str, Any] | None = (
-        None  # this run's lr_schedule_settings(), once the schedule is built
-    )
-    _saved_schedule_settings: dict[str, Any] | None = (
-        None  # the resumed checkpoint's (None: an older checkpoint)
-    )
+    # This run's lr_schedule_settings(), once the schedule is built; the resumed checkpoint's (None: none stored).
+    _schedule_info: dict[str, Any] | None = None
+    _saved_schedule_settings: dict[str, Any] | None = None
 
     def remember_saved_schedule(self, checkpoint: dict) -> None:
         """Keep a loaded checkpoint's settings; ``on_load_checkpoint`` runs before ``configure_optimizers``."""
