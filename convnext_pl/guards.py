@@ -37,8 +37,9 @@ class NonFiniteLossGuard(Callback):
     The gradient check reads every gradient once (the gradient scaler's fused kernel): on a GPU a few
     microseconds, on a CPU a pass over memory (2 ms a step for ConvNeXt-atto, 2% of a 32-px step; 25 ms, 1%, for
     ConvNeXt-T at 224 px; docs/scaling.md). One process leaves it off by default: a non-finite loss is what
-    diverging runs show (the official ConvNeXt training loop checks the loss alone), and a finite loss with
-    non-finite gradients (an overflow in the backward pass) shows up as a non-finite loss one step later. More
+    diverging runs show (the official ConvNeXt training loop checks the loss alone); a finite loss with non-finite
+    gradients (an overflow in the backward pass) then reaches the weights and shows up as a non-finite loss one
+    step later. More
     than one process always checks the gradients: the ranks' losses differ, but DDP has averaged the gradients
     (a NaN on one rank reaches all), so every rank takes the same decision without an extra collective.
 
