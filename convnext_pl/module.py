@@ -125,13 +125,7 @@ class ImageClassifier(ResumableSchedule, LightningModule):
 
     # ----------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.num_classes:
-            raise UserError(
-                f"The data has {data_classes} classes but the model's head has {self.num_classes} outputs; "
-                f"remove num_classes from the model config (it follows the data) or set it to {data_classes}."
-            )
+        refuse_another_class_count(self, self.num_classes, f"the model's head has {self.num_classes} outputs")
         self._load_pretrained(stage)
 
     def _load_pretrained(self, stage: str) -> None:
@@ -315,6 +309,31 @@ class ImageClassifier(ResumableSchedule, LightningModule):
         if self._schedule_info:
             for logger in self.loggers:
                 logger.log_hyperparams(self._schedule_info)
+
+
+def refuse_another_class_count(
+    module: LightningModule,
+    model_classes: int,
+    model: str,
+    kind: str = "classes",
+    config: str = "model config",
+) -> None:
+    """One sentence when the trainer's DataModule has another class count than the network (``num_classes`` set
+    by hand in a config, or a network built in code for other data); every task calls it in ``setup``.
+
+    Args:
+        model_classes: the network's class count.
+        model: the network's side of the sentence ("the model's head has 10 outputs").
+        kind: what the data's classes are called ("object classes").
+        config: where ``num_classes`` was set.
+    """
+    datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
+    data_classes = getattr(datamodule, "num_classes", None)
+    if data_classes is not None and data_classes != model_classes:
+        raise UserError(
+            f"The data has {data_classes} {kind} but {model}; remove num_classes from the {config} (it follows "
+            f"the data) or set it to {data_classes}."
+        )
 
 
 def created_in_code() -> bool:

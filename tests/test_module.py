@@ -1,5 +1,7 @@
 """ImageClassifier: peak lr scaling, layer decay in the optimizer, Mixup, EMA, checkpoints, resume."""
 
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
@@ -8,7 +10,7 @@ from helpers import atto_classifier, quiet_trainer, synthetic_data
 from convnext_pl.callbacks import EMA
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model
-from convnext_pl.module import ImageClassifier
+from convnext_pl.module import ImageClassifier, refuse_another_class_count
 
 
 class _RecordLR(L.Callback):
@@ -51,6 +53,21 @@ def test_class_count_mismatch_between_data_and_model_is_an_error(tmp_path):
     module = atto_classifier()
     with pytest.raises(UserError, match="data has 7 classes but the model's head has 10"):
         quiet_trainer(tmp_path, max_steps=1).fit(module, synthetic_data(num_classes=7))
+
+
+def test_the_class_count_check_every_task_calls_names_both_sides_and_where_to_fix_it():
+    # The dense tasks' wording (segmentation's network holds num_classes; detection counts object classes).
+    module = L.LightningModule()
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(num_classes=7))
+    with pytest.raises(UserError) as error:
+        refuse_another_class_count(module, 10, "the detector has 10", kind="object classes")
+    assert str(error.value) == (
+        "The data has 7 object classes but the detector has 10; remove num_classes from the model config (it "
+        "follows the data) or set it to 7."
+    )
+    refuse_another_class_count(module, 7, "the detector has 7")  # the same count: nothing to say
+    module._trainer = SimpleNamespace(datamodule=None)  # fit(model) without a DataModule: nothing to compare
+    refuse_another_class_count(module, 10, "the detector has 10")
 
 
 def test_ema_weights_differ_from_raw_and_both_are_validated(tmp_path):

@@ -33,7 +33,7 @@ from convnext_pl.checkpointing import ResumableSchedule, refuse_a_checkpoint_tha
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import DECAY_TYPES
 from convnext_pl.models.mask_rcnn import detector_layer_ids
-from convnext_pl.module import created_in_code
+from convnext_pl.module import created_in_code, refuse_another_class_count
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_multistep
 from convnext_pl.ranges import LeftOpenUnitInterval
 
@@ -103,14 +103,8 @@ class MaskRCNNDetector(ResumableSchedule, LightningModule):
         self._drawn = 0
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.net.num_classes:
-            raise UserError(
-                f"The data has {data_classes} object classes but the detector has {self.net.num_classes}; "
-                "remove num_classes from the model config (it follows the data) or set it to "
-                f"{data_classes}."
-            )
+        n = self.net.num_classes
+        refuse_another_class_count(self, n, f"the detector has {n}", kind="object classes")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         refuse_a_checkpoint_that_does_not_fit(self, checkpoint, what="detector")

@@ -31,7 +31,7 @@ from convnext_pl.data.seg_transforms import IGNORE_INDEX
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import DECAY_TYPES, dense_layer_ids
 from convnext_pl.models.upernet import resize
-from convnext_pl.module import created_in_code
+from convnext_pl.module import created_in_code, refuse_another_class_count
 from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_poly
 from convnext_pl.ranges import LeftOpenUnitInterval
 from convnext_pl.tasks.inference import InferenceMode, segment
@@ -115,13 +115,9 @@ class SemanticSegmenter(ResumableSchedule, LightningModule):
         self._pretrained_loaded = False
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.num_classes:
-            raise UserError(
-                f"The data has {data_classes} classes but the model has {self.num_classes} outputs; remove "
-                f"num_classes from the model's net config (it follows the data) or set it to {data_classes}."
-            )
+        refuse_another_class_count(
+            self, self.num_classes, f"the model has {self.num_classes} outputs", config="model's net config"
+        )
         strategy = self.trainer.strategy if self._trainer is not None else None
         if stage == "fit" and getattr(strategy, "_layer_sync", None) and strategy.root_device.type == "cpu":
             # torch's DDP refuses SyncBatchNorm on CPU processes with a message about "GPU modules".
