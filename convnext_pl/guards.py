@@ -1,5 +1,6 @@
-"""Guards of a training run: a step whose loss or gradients stop being numbers changes no weight, and the run
-stops (or goes on skipping such steps) naming the step.
+"""Guards of a training run: a step whose loss (with the gradient check, or on more than one process, also whose
+gradients) stops being a number changes no weight, and the run stops (or goes on skipping such steps) naming the
+step.
 
 Resuming lives in :mod:`convnext_pl.checkpointing` (checkpoints), :mod:`convnext_pl.seeding` (randomness) and
 :mod:`convnext_pl.data.resumable` (the data position).
