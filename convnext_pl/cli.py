@@ -38,7 +38,7 @@ from convnext_pl.errors import PARSER_HINT, UserError, exit_with_error, one_line
 from convnext_pl.guards import NonFiniteLossGuard
 from convnext_pl.module import ImageClassifier
 from convnext_pl.parallel import refuse_what_this_machine_cannot_run
-from convnext_pl.progress import LogLineProgress
+from convnext_pl.progress import LogLineProgress, TerminalProgress
 from convnext_pl.seeding import StepSeeding
 
 # Options declared with jsonargparse's range types (PositiveInt, OpenUnitInterval, ...) parse into int/float
@@ -210,9 +210,11 @@ class ConvNeXtCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
         own_bar = any(isinstance(c, ProgressBar) for c in trainer_config.get("callbacks") or [])
-        if trainer_config.get("enable_progress_bar") is not False and not own_bar and not sys.stdout.isatty():
-            # Not a terminal (CI, SLURM, `| tee`): periodic log lines instead of tqdm's redraws.
-            self.trainer_defaults["callbacks"] = [*self.trainer_defaults["callbacks"], LogLineProgress()]
+        if trainer_config.get("enable_progress_bar") is not False and not own_bar:
+            # A terminal: tqdm's bar, its numbers read at log intervals (not a sync per step); not a terminal (CI,
+            # SLURM, `| tee`): periodic log lines instead of tqdm's redraws.
+            bar = TerminalProgress() if sys.stdout.isatty() else LogLineProgress()
+            self.trainer_defaults["callbacks"] = [*self.trainer_defaults["callbacks"], bar]
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = runs.default_loggers(
                 trainer_config.get("default_root_dir") or "runs", self._run_name

@@ -1,16 +1,21 @@
-"""Progress for a stdout that is not a terminal (CI, SLURM, ``nohup``, ``| tee``): one plain line now and then.
+"""Progress bars that read the training numbers only every ``log_every_n_steps`` steps.
 
-tqdm redraws its bar with carriage returns; written to a file, every refresh becomes a line, and a 300-epoch
-ImageNet log grows to hundreds of thousands of lines. Lightning has no line-based progress bar, so this one is
-written here (a ``ProgressBar``, so Lightning uses it in place of its TQDM bar). The command line chooses it when
-stdout is not a TTY (``convnext_pl.cli``).
+Reading the loss for display copies it to the host, which on a GPU waits for the step's queued work: Lightning's
+tqdm bar does so every batch, a synchronisation per step. The command line (``convnext_pl.cli``) chooses:
+
+- on a terminal, :class:`TerminalProgress`: Lightning's tqdm bar, whose count moves every batch and whose
+  numbers are read when Lightning logs anyway;
+- when stdout is not a terminal (CI, SLURM, ``nohup``, ``| tee``), :class:`LogLineProgress`: tqdm redraws its
+  bar with carriage returns, and written to a file every refresh becomes a line (a 300-epoch ImageNet log grows
+  to hundreds of thousands of lines). Lightning has no line-based progress bar, so this one is written here (a
+  ``ProgressBar``, so Lightning uses it in place of its tqdm bar).
 """
 
 import sys
 import time
 
 import torch
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.data import extract_batch_size
 
 
@@ -82,3 +87,33 @@ class LogLineProgress(ProgressBar):
         metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val")}
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         self._line(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {shown}")
+
+
+class TerminalProgress(TQDMProgressBar):
+    """Lightning's tqdm bar without a synchronisation per step: during training batches the numbers it shows
+    (loss, lr, ...) are read every ``log_every_n_steps`` optimizer steps, when Lightning logs (and reads them)
+    anyway; between those the bar's count still moves every batch. Validation and epoch ends read them fresh.
+
+    Args:
+        refresh_rate: batches between redraws, as for ``TQDMProgressBar``.
+    """
+
+    def __init__(self, refresh_rate: int = 1):
+        super().__init__(refresh_rate=refresh_rate)
+        self._in_train_batch = False
+        self._shown: dict | None = None
+        self._read_at_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._in_train_batch = True
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._in_train_batch = False
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        step = trainer.global_step
+        due = self._shown is None or step - self._read_at_step >= max(trainer.log_every_n_steps, 1)
+        if due or not self._in_train_batch:
+            self._shown, self._read_at_step = super().get_metrics(trainer, pl_module), step
+        return self._shown

@@ -30,7 +30,8 @@ class CountConversions(pl.Callback):
     project calls) is in ``convnext_pl``; those made by Lightning's own loop are Lightning's.
     """
 
-    def __init__(self):
+    def __init__(self, everyone: bool = False):
+        self.everyone = everyone  # count Lightning's own conversions too
         self.per_step: collections.Counter = collections.Counter()
         self.where: collections.Counter = collections.Counter()
         self._step: int | None = None
@@ -52,7 +53,7 @@ class CountConversions(pl.Callback):
             lib in frame.f_code.co_filename for lib in LIBRARIES_CALLED_BY_THE_PROJECT
         ):
             frame = frame.f_back
-        if frame is not None and frame.f_code.co_filename.startswith(PACKAGE):
+        if frame is not None and (self.everyone or frame.f_code.co_filename.startswith(PACKAGE)):
             self.per_step[self._step] += 1
             self.where[f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {name}"] += 1
 
@@ -88,6 +89,25 @@ def test_the_default_training_step_converts_no_tensor_to_a_host_value(tmp_path, 
     cli.trainer.fit(cli.model, cli.datamodule)
     assert cli.trainer.global_step == 6
     assert sum(counter.per_step.values()) == 0, dict(counter.where)
+
+
+def test_the_terminal_progress_bar_reads_no_tensor_between_log_intervals(tmp_path, monkeypatch, capsys):
+    # What a run in a terminal shows: Lightning's tqdm bar reads the loss for its display every batch (a
+    # synchronisation per step on a GPU); the project's reads it when Lightning logs. Every caller is counted.
+    bar = [
+        "--trainer.enable_progress_bar",
+        "true",
+        "--trainer.callbacks+=convnext_pl.progress.TerminalProgress",
+    ]
+    cli = _main_py_fit_trainer(tmp_path, "--trainer.max_steps", "7", "--trainer.log_every_n_steps", "3", *bar)
+    counter = CountConversions(everyone=True)
+    counter.patch(monkeypatch)
+    cli.trainer.callbacks.append(counter)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert cli.trainer.global_step == 7
+    steps_between_logs = [step for step in range(1, 7) if (step + 1) % 3]  # Lightning logs after steps 2, 5
+    assert all(counter.per_step[step] == 0 for step in steps_between_logs), dict(counter.where)
+    assert "train/loss=" in capsys.readouterr().out  # the bar shows the loss
 
 
 def test_a_nan_step_changes_no_weight_and_the_stop_comes_within_one_log_interval(tmp_path):

@@ -1,10 +1,21 @@
-"""Progress on a stdout that is not a terminal: periodic plain lines, no tqdm redraws, no known noise."""
+"""Progress on a stdout that is not a terminal: periodic plain lines, no tqdm redraws, no known noise; on a
+terminal, tqdm's bar reading its numbers at log intervals."""
 
 import json
+import sys
 
+import pytest
 from helpers import DIGITS, atto_classifier, quiet_trainer, run_main, synthetic_data
 
-from convnext_pl.progress import LogLineProgress
+from convnext_pl.cli import cli_main
+from convnext_pl.progress import LogLineProgress, TerminalProgress
+
+
+@pytest.mark.parametrize("terminal, bar", [(True, TerminalProgress), (False, LogLineProgress)])
+def test_the_command_line_picks_the_bar_for_where_stdout_goes(terminal, bar, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    cli = cli_main(["--config", DIGITS, f"--trainer.default_root_dir={tmp_path}"], run=False)
+    assert type(cli.trainer.progress_bar_callback) is bar
 
 
 def test_a_line_every_n_steps_with_step_loss_lr_and_throughput(tmp_path, capsys):
