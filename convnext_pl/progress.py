@@ -112,9 +112,8 @@ class TerminalProgress(TQDMProgressBar):
             self._in_train_batch = False
 
     def get_metrics(self, trainer, pl_module) -> dict:
-        step = (
-            trainer.global_step
-        )  # the optimizer steps done; a log interval ends where the NaN guard checks too
+        # Optimizer steps done: a multiple of log_every_n_steps is where Lightning logs and the NaN guard checks.
+        step = trainer.global_step
         at_log_step = step % max(trainer.log_every_n_steps, 1) == 0 and step != self._read_at_step
         due = self._shown is None or at_log_step
         if due or not self._in_train_batch:
