@@ -1,4 +1,4 @@
-"""Progress bars that read the training numbers only every ``log_every_n_steps`` steps.
+"""Progress bars that read the training numbers now and then, not every batch.
 
 Reading the loss for display copies it to the host, which on a GPU waits for the step's queued work: Lightning's
 tqdm bar does so every batch, a synchronisation per step. The command line (``convnext_pl.cli``) chooses:
@@ -8,7 +8,7 @@ tqdm bar does so every batch, a synchronisation per step. The command line (``co
 - when stdout is not a terminal (CI, SLURM, ``nohup``, ``| tee``), :class:`LogLineProgress`: tqdm redraws its
   bar with carriage returns, and written to a file every refresh becomes a line (a 300-epoch ImageNet log grows
   to hundreds of thousands of lines). Lightning has no line-based progress bar, so this one is written here (a
-  ``ProgressBar``, so Lightning uses it in place of its tqdm bar).
+  ``ProgressBar``, so Lightning uses it in place of its tqdm bar); it reads the numbers for each line.
 """
 
 import sys
