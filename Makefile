@@ -52,15 +52,15 @@ summary: install ## Params, GFLOPs and feature maps of MODEL (default convnext_t
 	$(PY) -m convnext_pl.models.summary --model $(or $(MODEL),convnext_tiny)
 
 roadmap: install ## Print the ResNet-50 -> ConvNeXt-T roadmap table (params, GFLOPs vs the paper).
-	$(PY) -m convnext_pl.roadmap
+	$(PY) -m convnext_pl.roadmap.cli
 
 ladder: install ## Train every roadmap step on digits (quarter-width nets, 5 epochs: ~14 min on 2 cores) into runs/ladder.
-	$(PY) -m convnext_pl.roadmap train --config configs/experiment/digits.yaml --epochs $(or $(EPOCHS),5) \
+	$(PY) -m convnext_pl.roadmap.cli train --config configs/experiment/digits.yaml --epochs $(or $(EPOCHS),5) \
 		--width-multiplier 0.25 --threads 1 --out runs/ladder
 
 figures: install ## Regenerate docs/figures: the roadmap chart and the demo's training curves (runs the demo).
 	@mkdir -p docs/figures
-	$(PY) -m convnext_pl.roadmap --plot docs/figures/roadmap.png
+	$(PY) -m convnext_pl.roadmap.cli --plot docs/figures/roadmap.png
 	$(PY) main.py fit --config configs/experiment/digits.yaml --trainer.default_root_dir runs/figures --run_name demo \
 		--trainer.enable_progress_bar false
 	$(PY) -m convnext_pl.analysis curves "$$(ls -d runs/figures/demo/version_* | sort -V | tail -n 1)/metrics.csv" \

@@ -4,7 +4,7 @@
     python benchmarks/cpu_inference.py --cases convnext_atto:32 --compile   # compiling takes minutes on a CPU
 
 Each case is a randomly initialised network in eval mode (weights do not change the speed), exported with the
-project's own ``convnext_pl.export`` functions, fed the same batch. Every runtime is timed ``--batches`` times
+project's own ``convnext_pl.export.formats`` functions, fed the same batch. Every runtime is timed ``--batches`` times
 after ``--warmup`` untimed calls, the runtimes interleaved for ``--rounds`` rounds; images/s is the median round.
 The outputs are checked against eager's (max abs difference printed). ``--clock thread`` (with ``--threads 1``)
 counts CPU seconds of the calling thread, where PyTorch, TorchScript and ONNX Runtime with one intra-op thread all
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convnext_pl.export import export_onnx, export_torchscript
+from convnext_pl.export.formats import export_onnx, export_torchscript
 from convnext_pl.models import create_model
 
 DEFAULT_CASES = ("convnext_atto:32", "convnext_tiny:224")
@@ -32,7 +32,7 @@ def runtimes(net: torch.nn.Module, example: torch.Tensor, folder: Path, compile:
     """Runtime name -> a function of a batch returning numpy logits."""
     import onnxruntime as ort
 
-    # Traced at batch 2, as convnext_pl.export does: torch.export specialises a batch of 1 and refuses the
+    # Traced at batch 2, as convnext_pl.export.formats does: torch.export specialises a batch of 1 and refuses the
     # dynamic batch axis, and the graphs then run at the timed batch size.
     traced_with = torch.randn(2, *example.shape[1:])
     export_torchscript(net, folder / "net.pt", traced_with)

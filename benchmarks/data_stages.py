@@ -22,11 +22,16 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup
 from timm.data.auto_augment import NAME_TO_OP
 from torch.utils.data import default_collate
 
-from convnext_pl.data.batch_augment import DeviceAugment
-from convnext_pl.data.fast_augment import DecodeRandomResizedCrop, mean_abs_difference, read_encoded
+from convnext_pl.data.augment.batch_augment import DeviceAugment
+from convnext_pl.data.augment.fast_augment import DecodeRandomResizedCrop, mean_abs_difference, read_encoded
+from convnext_pl.data.augment.rand_augment import (
+    KERNEL_OF_TIMM_OP,
+    KERNELS,
+    AugmentedImage,
+    device_rand_augment,
+)
+from convnext_pl.data.augment.transforms import RECIPE_RE_PROB, fast_train_transform, train_transform
 from convnext_pl.data.images import load_rgb
-from convnext_pl.data.rand_augment import KERNEL_OF_TIMM_OP, KERNELS, AugmentedImage, device_rand_augment
-from convnext_pl.data.transforms import RECIPE_RE_PROB, fast_train_transform, train_transform
 
 Stage = tuple[str, Callable[[list], list]]
 

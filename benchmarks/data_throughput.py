@@ -5,7 +5,7 @@ stage of the ImageNet training transform on the recipe's path and the fast path,
     python benchmarks/data_throughput.py --stages --only jpeg-folder-224 jpeg-folder-224-fast --workers 0 1 2
 
 CIFAR and the JPEG image folder are written into a temporary folder in their genuine formats first
-(``convnext_pl.data.fake``), so nothing is downloaded. The image folder holds ImageNet-like JPEGs
+(``convnext_pl.data.classification.synthetic_files``), so nothing is downloaded. The image folder holds ImageNet-like JPEGs
 (500x375, quality 90) read with the full ImageNet training transform at 224: RandomResizedCrop, flip,
 RandAugment rand-m9-mstd0.5-inc1, normalise, random erasing 0.25. Each measurement iterates the training
 loader: ``--warmup`` batches untimed (worker start-up included there), then ``--batches`` timed batches.
@@ -35,8 +35,8 @@ from convnext_pl.data import (
     ImageFolderDataModule,
     SyntheticDataModule,
 )
-from convnext_pl.data.fake import write_cifar, write_image_folder
-from convnext_pl.data.transforms import RECIPE_AUTO_AUGMENT
+from convnext_pl.data.augment.transforms import RECIPE_AUTO_AUGMENT
+from convnext_pl.data.classification.synthetic_files import write_cifar, write_image_folder
 
 # Training speeds to convert into CPU cores per GPU. An estimate, not measured here: ConvNeXt-T at 224 in bf16 on
 # one H100 trains at roughly 3000-4000 images/s (issue 15; benchmarks/gpu_suite.sh measures it where a GPU is).

@@ -46,7 +46,7 @@ FULL = {
 }
 DRY = {"model": "convnext_atto", "image_size": 32, "batch_size": 8, "steps": 1, "warmup": 1, "repeats": 1}
 # What the steps import, imported once before the dry run forks them.
-PRELOAD = ("torch", "lightning", "timm", "convnext_pl.cli", "convnext_pl.data", "pytest")
+PRELOAD = ("torch", "lightning", "timm", "convnext_pl.training.cli", "convnext_pl.data", "pytest")
 
 
 def _in_subprocess(command: list[str], timeout: float, env: dict | None) -> tuple[int | str, str]:

@@ -30,8 +30,8 @@ import torch
 from train_throughput import BareLoop, MemoryMeter, _load_average, main_py_fit_args, synthetic_data
 from train_throughput import parse_args as throughput_args
 
-from convnext_pl.cli import cli_main
 from convnext_pl.models import create_model
+from convnext_pl.training.cli import cli_main
 
 WARMUP = 3  # untimed steps of each path: allocator growth, first-touch page faults, AdamW state
 

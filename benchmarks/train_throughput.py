@@ -47,11 +47,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
-from convnext_pl.cli import cli_main
 from convnext_pl.data import SyntheticDataModule
 from convnext_pl.models import create_model
 from convnext_pl.models.flops import count_macs
-from convnext_pl.optim import build_optimizer, warmup_cosine
+from convnext_pl.training.cli import cli_main
+from convnext_pl.training.optim import build_optimizer, warmup_cosine
 
 PATHS = ("lightning", "bare", "timm")
 LR, WEIGHT_DECAY = 4e-3, 0.05  # the paper's recipe (docs/paper.md §4); the schedule spans the whole benchmark

@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 # The task LightningModules, named in YAML as ``model: {class_path: convnext_pl.<name>, init_args: ...}``.
 # Imported on first use: ``import convnext_pl.models`` (torch only) must not pay for importing Lightning.
 _TASKS = {
-    "ImageClassifier": "convnext_pl.module",
+    "ImageClassifier": "convnext_pl.tasks.classification",
     "MaskRCNNDetector": "convnext_pl.tasks.detection",
     "SemanticSegmenter": "convnext_pl.tasks.segmentation",
 }

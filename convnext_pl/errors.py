@@ -1,7 +1,7 @@
 """Errors a user can cause and fix, and the one way every entry point reports them.
 
 Anything raised as a :class:`UserError` is reported by the command lines (``main.py``, ``python -m
-convnext_pl.export``, ``python -m convnext_pl.analysis``, ``python -m convnext_pl.roadmap``) as one line,
+convnext_pl.export.formats``, ``python -m convnext_pl.analysis``, ``python -m convnext_pl.roadmap``) as one line,
 ``error: <sentence>``, and exit code 2, without a traceback: the message itself must say what is wrong and what to
 do. :func:`one_line_errors` does that for a block of code, :class:`OneLineArgumentParser` for argparse's own errors.
 """

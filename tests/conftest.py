@@ -18,8 +18,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 from helpers import DIGITS, run_main  # noqa: E402  (after the environment above)
 
-from convnext_pl.cli import cli_main  # noqa: E402
-from convnext_pl.export import export  # noqa: E402
+from convnext_pl.export.formats import export  # noqa: E402
+from convnext_pl.training.cli import cli_main  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -52,7 +52,7 @@ def digits_ckpt(tmp_path_factory) -> Path:
         "--trainer.enable_progress_bar=false",
     ]
     steps = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1"]
-    ema = ["--trainer.callbacks+=convnext_pl.callbacks.EMA", "--trainer.callbacks.decay=0.5"]
+    ema = ["--trainer.callbacks+=convnext_pl.training.callbacks.EMA", "--trainer.callbacks.decay=0.5"]
     cli = cli_main(run + steps + ema + ["--checkpoint.every_n_train_steps=1"])
     return Path(cli.trainer.checkpoint_callback.last_model_path)
 

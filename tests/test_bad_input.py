@@ -11,10 +11,10 @@ import torch
 from helpers import DIGITS, QUIET, SHORT, run_main
 from helpers.fakedata import corrupt_jpeg, truncate_file, write_cifar, write_image_folder
 
-from convnext_pl.cli import cli_main
 from convnext_pl.errors import UserError
 from convnext_pl.models.registry import create_model, list_models
-from convnext_pl.module import ImageClassifier
+from convnext_pl.tasks.classification import ImageClassifier
+from convnext_pl.training.cli import cli_main
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import timm
 import torch
 
 from convnext_pl.errors import UserError
-from convnext_pl.models.catalogue import CATALOGUE, IN22K_CLASSES, get_weights, list_weights
-from convnext_pl.models.pretrained import to_official_names
+from convnext_pl.weights.catalogue import CATALOGUE, IN22K_CLASSES, get_weights, list_weights
+from convnext_pl.weights.loading import to_official_names
 
 # Parameter counts of the isotropic models (official README, "ImageNet-1K trained models (isotropic)"); timm has
 # no isotropic ConvNeXt to compare shapes with.

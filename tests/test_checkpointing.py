@@ -13,10 +13,10 @@ import torch.nn as nn
 from helpers import DIGITS, QUIET, quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from convnext_pl.callbacks import EMA, EMA_STATE_KEY
-from convnext_pl.checkpointing import ResumableCheckpoint
-from convnext_pl.cli import cli_main
 from convnext_pl.errors import UserError
+from convnext_pl.training.callbacks import EMA, EMA_STATE_KEY
+from convnext_pl.training.checkpointing import ResumableCheckpoint
+from convnext_pl.training.cli import cli_main
 
 # A short digits run: 2 optimizer steps per epoch, one validation batch.
 SHORT_DIGITS = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
@@ -171,7 +171,7 @@ def test_with_ema_the_cli_keeps_a_best_raw_and_a_best_ema_checkpoint_each_valida
     tmp_path, capsys
 ):
     run = ["--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *SHORT_DIGITS, *QUIET]
-    run += ["--trainer.max_epochs", "2", "--trainer.callbacks+=convnext_pl.callbacks.EMA"]
+    run += ["--trainer.max_epochs", "2", "--trainer.callbacks+=convnext_pl.training.callbacks.EMA"]
     cli = cli_main(["fit", *run, "--trainer.callbacks.decay", "0.5"])
     raw_best, ema_best = (callback.best_model_path for callback in cli.trainer.checkpoint_callbacks)
     folder = tmp_path / "digits" / "version_0" / "checkpoints"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import CONFIGS, CPU, DIGITS, EXPERIMENTS, QUIET
 
-from convnext_pl.cli import ConvNeXtCLI, cli_main
+from convnext_pl.training.cli import ConvNeXtCLI, cli_main
 
 # Classification experiments; the dense-prediction tasks (segmentation, detection) drive their own configs in
 # their test files (GPU recipes parsed, the synthetic ones trained), since these tests swap in classification data.
@@ -100,7 +100,9 @@ def test_every_trainer_config_composes_with_an_experiment(trainer, tmp_path, mon
     if _needs_gpu(trainer) and not torch.cuda.is_available():
         # Parse and type-check only: building it needs a GPU, and the CLI's refusal of a GPU piece on this machine
         # (one error: line, tests/test_trainer_pieces.py) is set aside so the composition itself is checked.
-        monkeypatch.setattr("convnext_pl.cli.refuse_what_this_machine_cannot_run", lambda trainer: None)
+        monkeypatch.setattr(
+            "convnext_pl.training.cli.refuse_what_this_machine_cannot_run", lambda trainer: None
+        )
         cli = _ParseOnly(args=args, run=False)
         assert cli.config.trainer.accelerator == "gpu"
     else:

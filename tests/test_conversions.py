@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from convnext_pl.models import create_model
-from convnext_pl.models.conversions import (
+from convnext_pl.weights.conversions import (
     convnext_to_roadmap,
     roadmap_to_convnext,
     roadmap_to_torchvision_resnet,

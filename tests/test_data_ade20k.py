@@ -7,9 +7,9 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from convnext_pl.data import ADE20KDataModule, SegmentationFolderDataModule, SyntheticScenesDataModule
-from convnext_pl.data.ade20k_synthetic import write_scenes
-from convnext_pl.data.seg_folder import reduce_zero_label
-from convnext_pl.data.seg_transforms import CategoryRatioCrop, fit_size, seg_train_transform
+from convnext_pl.data.segmentation.ade20k_synthetic import write_scenes
+from convnext_pl.data.segmentation.folder import reduce_zero_label
+from convnext_pl.data.segmentation.transforms import CategoryRatioCrop, fit_size, seg_train_transform
 from convnext_pl.errors import UserError
 
 

@@ -6,7 +6,7 @@ from helpers.fakedata import CIFAR10_CLASSES, CIFAR100_CLASSES, truncate_file, w
 from PIL import Image
 
 from convnext_pl.data import CIFARDataModule
-from convnext_pl.data.cifar import CIFAR_STATS
+from convnext_pl.data.classification.cifar import CIFAR_STATS
 from convnext_pl.errors import UserError
 
 

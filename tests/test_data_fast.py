@@ -12,13 +12,13 @@ from helpers.fakedata import corrupt_jpeg, write_image_folder
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from convnext_pl.cli import cli_main
 from convnext_pl.data import ImageFolderDataModule
-from convnext_pl.data.batch_augment import DeviceAugment
-from convnext_pl.data.fast_augment import DecodeRandomResizedCrop, mean_abs_difference
+from convnext_pl.data.augment.batch_augment import DeviceAugment
+from convnext_pl.data.augment.fast_augment import DecodeRandomResizedCrop, mean_abs_difference
+from convnext_pl.data.augment.rand_augment import AugmentedImage, device_rand_augment
+from convnext_pl.data.augment.transforms import fast_train_transform, train_transform
 from convnext_pl.data.images import CorruptImageError
-from convnext_pl.data.rand_augment import AugmentedImage, device_rand_augment
-from convnext_pl.data.transforms import fast_train_transform, train_transform
+from convnext_pl.training.cli import cli_main
 
 
 def _photo(width: int, height: int, seed: int) -> Image.Image:

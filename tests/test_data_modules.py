@@ -15,7 +15,7 @@ from convnext_pl.data import (
     ImageNetDataModule,
     SyntheticDataModule,
 )
-from convnext_pl.data.digits import DIGITS_MEAN, DIGITS_STD
+from convnext_pl.data.classification.digits import DIGITS_MEAN, DIGITS_STD
 from convnext_pl.data.resumable import ResumableSampler
 from convnext_pl.errors import UserError
 

@@ -9,7 +9,6 @@ import torch
 
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import create_backbone
-from convnext_pl.models.conversions import mmdet_mask_rcnn_to_torchvision, torchvision_mask_rcnn_to_mmdet
 from convnext_pl.models.flops import count_macs
 from convnext_pl.models.mask_rcnn import (
     count_detector_macs,
@@ -17,7 +16,8 @@ from convnext_pl.models.mask_rcnn import (
     detector_layer_ids,
     load_detection_checkpoint,
 )
-from convnext_pl.optim import build_optimizer
+from convnext_pl.training.optim import build_optimizer
+from convnext_pl.weights.conversions import mmdet_mask_rcnn_to_torchvision, torchvision_mask_rcnn_to_mmdet
 
 # A CPU-sized detector: the official structure with narrow heads and few RoIs.
 SMALL = dict(

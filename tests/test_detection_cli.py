@@ -12,7 +12,7 @@ import torch
 from helpers import CPU, EXPERIMENTS, QUIET, run_main
 from pycocotools.coco import COCO
 
-from convnext_pl.cli import cli_main
+from convnext_pl.training.cli import cli_main
 
 CONFIG = str(EXPERIMENTS / "coco_shapes_mask_rcnn.yaml")
 

@@ -15,14 +15,14 @@ from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from convnext_pl.data.coco import (
+from convnext_pl.data.detection.coco import (
     COCODataModule,
     COCOInstances,
     COCOShapesDataModule,
     collate_detection,
     detr_train_transform,
 )
-from convnext_pl.data.coco_synthetic import write_coco_shapes
+from convnext_pl.data.detection.coco_synthetic import write_coco_shapes
 from convnext_pl.errors import UserError
 
 H, W = 48, 64

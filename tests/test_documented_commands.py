@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import CONFIGS, NOTEBOOKS, ROOT
 
-from convnext_pl.cli import cli_main
+from convnext_pl.training.cli import cli_main
 
 SOURCES = [
     ROOT / "README.md",

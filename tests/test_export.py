@@ -10,10 +10,10 @@ from helpers import DIGITS, run_main
 from helpers.fakedata import write_digit_images
 from safetensors import safe_open
 
-from convnext_pl.export import export, load_network, main, recorded_image_size
+from convnext_pl.export.formats import export, load_network, main, recorded_image_size
 from convnext_pl.models import create_model
-from convnext_pl.models.pretrained import load_pretrained
-from convnext_pl.module import ImageClassifier
+from convnext_pl.tasks.classification import ImageClassifier
+from convnext_pl.weights.loading import load_pretrained
 
 # One worker of `make test` trains the shared digits run (conftest.digits_ckpt) once for the module (xdist_group).
 pytestmark = pytest.mark.xdist_group("digits_run")

@@ -8,8 +8,8 @@ from helpers import DIGITS, EXPERIMENTS, QUIET
 from helpers.fakedata import write_image_folder
 from lightning.pytorch import Callback
 
-from convnext_pl.cli import cli_main
 from convnext_pl.models import create_model
+from convnext_pl.training.cli import cli_main
 
 LAYER_DECAY = 0.8
 

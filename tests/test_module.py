@@ -7,10 +7,10 @@ import pytest
 import torch
 from helpers import atto_classifier, quiet_trainer, synthetic_data
 
-from convnext_pl.callbacks import EMA
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model
-from convnext_pl.module import ImageClassifier, refuse_another_class_count
+from convnext_pl.tasks.classification import ImageClassifier, refuse_another_class_count
+from convnext_pl.training.callbacks import EMA
 
 
 class _RecordLR(L.Callback):

@@ -14,8 +14,8 @@ from helpers import DIGITS, QUIET
 from helpers.callbacks import PoisonBatches
 
 import convnext_pl
-from convnext_pl.cli import cli_main
-from convnext_pl.guards import NonFiniteLossError, NonFiniteLossGuard
+from convnext_pl.training.cli import cli_main
+from convnext_pl.training.guards import NonFiniteLossError, NonFiniteLossGuard
 
 PACKAGE = str(Path(convnext_pl.__file__).parent)
 # What copies a tensor's value to the host (and, on an accelerator, waits for the queued work to finish).
@@ -97,7 +97,7 @@ def test_the_terminal_progress_bar_reads_no_tensor_between_log_intervals(tmp_pat
     bar = [
         "--trainer.enable_progress_bar",
         "true",
-        "--trainer.callbacks+=convnext_pl.progress.TerminalProgress",
+        "--trainer.callbacks+=convnext_pl.training.progress.TerminalProgress",
     ]
     cli = _main_py_fit_trainer(tmp_path, "--trainer.max_steps", "7", "--trainer.log_every_n_steps", "3", *bar)
     counter = CountConversions(everyone=True)

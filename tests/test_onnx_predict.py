@@ -15,16 +15,16 @@ from helpers import DIGITS, QUIET
 from helpers.fakedata import write_digit_images
 from PIL import Image
 
-from convnext_pl.cli import cli_main
 from convnext_pl.data import (
     CIFARDataModule,
     DigitsDataModule,
     ImageFolderDataModule,
     SyntheticDataModule,
 )
-from convnext_pl.data.transform_spec import build_transform, describe_transform
-from convnext_pl.export import main, predict_metadata
-from convnext_pl.onnx_predict import CLASS_NAMES_KEY, PREPROCESSING_KEY, softmax
+from convnext_pl.data.augment.transform_spec import build_transform, describe_transform
+from convnext_pl.export.formats import main, predict_metadata
+from convnext_pl.export.onnx_predict import CLASS_NAMES_KEY, PREPROCESSING_KEY, softmax
+from convnext_pl.training.cli import cli_main
 
 # One worker of `make test` trains the shared digits run (conftest.digits_ckpt) once for the module (xdist_group).
 pytestmark = pytest.mark.xdist_group("digits_run")

@@ -8,7 +8,7 @@ import torch
 
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model
-from convnext_pl.optim import (
+from convnext_pl.training.optim import (
     WarmupCosine,
     build_optimizer,
     is_no_decay,

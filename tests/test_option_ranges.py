@@ -6,7 +6,7 @@ by hand."""
 import pytest
 from helpers import DIGITS, EXPERIMENTS, SHORT
 
-from convnext_pl.cli import cli_main
+from convnext_pl.training.cli import cli_main
 
 # option -> values just outside its valid range (and a wrong type); the range is declared on the option's type.
 OUT_OF_RANGE = {
@@ -50,7 +50,7 @@ def test_min_lr_above_lr_is_refused_as_a_relation(tmp_path, capsys):
 
 
 NET = "model.init_args.net.init_args"
-EMA = ["--trainer.callbacks+=convnext_pl.callbacks.EMA"]
+EMA = ["--trainer.callbacks+=convnext_pl.training.callbacks.EMA"]
 # (extra flags, option as the error line names it, value): the network's, the data's and the EMA callback's ranges.
 OTHER_OPTIONS = {
     (f"{NET}.drop_path_rate", ()): ["-0.1", "1", "1.5", "abc"],  # [0, 1)
@@ -138,8 +138,8 @@ def test_create_model_checks_the_ranges_when_called_from_python():
 
 
 def test_ema_checks_its_ranges_when_built_from_python():
-    from convnext_pl.callbacks import EMA
     from convnext_pl.errors import UserError
+    from convnext_pl.training.callbacks import EMA
 
     for kwargs in [{"decay": 1.0}, {"decay": 0.0}, {"update_every_n_steps": 0}]:
         with pytest.raises(UserError, match="EMA decay must be in"):

@@ -18,7 +18,7 @@ from helpers import DIGITS, EXPERIMENTS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convnext_pl.cli import ConvNeXtCLI
+from convnext_pl.training.cli import ConvNeXtCLI
 
 SEG = str(EXPERIMENTS / "segmentation_synthetic.yaml")
 DET = str(EXPERIMENTS / "coco_shapes_mask_rcnn.yaml")

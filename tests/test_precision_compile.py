@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import quiet_trainer, synthetic_data
 
-from convnext_pl.cli import cli_main
 from convnext_pl.models import create_model
-from convnext_pl.module import ImageClassifier
+from convnext_pl.tasks.classification import ImageClassifier
+from convnext_pl.training.cli import cli_main
 
 
 def _tiny_net() -> torch.nn.Module:

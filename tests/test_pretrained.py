@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model, load_pretrained
-from convnext_pl.models.pretrained import to_official_names
-from convnext_pl.module import ImageClassifier
+from convnext_pl.tasks.classification import ImageClassifier
+from convnext_pl.weights.loading import to_official_names
 
 
 def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import yaml
 from helpers import EXPERIMENTS
 
-from convnext_pl.models.catalogue import get_weights
+from convnext_pl.weights.catalogue import get_weights
 
 
 @pytest.mark.parametrize("config", sorted(EXPERIMENTS.glob("*finetune*.yaml")), ids=lambda p: p.stem)

@@ -17,9 +17,9 @@ from safetensors.torch import save
 
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model, load_pretrained
-from convnext_pl.models.catalogue import CATALOGUE, Arch, Weights
-from convnext_pl.models.download import hf_cache_dir, torch_cache_file
-from convnext_pl.models.pretrained import check_architecture, main
+from convnext_pl.weights.catalogue import CATALOGUE, Arch, Weights
+from convnext_pl.weights.download import hf_cache_dir, torch_cache_file
+from convnext_pl.weights.loading import check_architecture, main
 
 
 class _Server:

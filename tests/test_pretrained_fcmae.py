@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from convnext_pl.models import create_model, load_pretrained
-from convnext_pl.models.conversions import convnextv2_to_fcmae, fcmae_to_convnextv2, is_fcmae
+from convnext_pl.weights.conversions import convnextv2_to_fcmae, fcmae_to_convnextv2, is_fcmae
 
 
 def _dense_v2_atto() -> dict[str, torch.Tensor]:

@@ -13,10 +13,10 @@ from helpers import CPU, QUIET, run_main
 from helpers.fakedata import write_image_folder
 from test_pretrained_download import _timm_atto_safetensors, _write_hf_cache
 
-from convnext_pl.cli import cli_main
 from convnext_pl.data import ImageFolderDataModule
 from convnext_pl.models import create_model
-from convnext_pl.models.catalogue import CATALOGUE, Arch
+from convnext_pl.training.cli import cli_main
+from convnext_pl.weights.catalogue import CATALOGUE, Arch
 
 
 def _config(tmp_path, root, num_classes: int) -> str:

@@ -7,8 +7,8 @@ import sys
 import pytest
 from helpers import DIGITS, atto_classifier, quiet_trainer, run_main, synthetic_data
 
-from convnext_pl.cli import cli_main
-from convnext_pl.progress import LogLineProgress, TerminalProgress
+from convnext_pl.training.cli import cli_main
+from convnext_pl.training.progress import LogLineProgress, TerminalProgress
 
 
 @pytest.mark.parametrize("terminal, bar", [(True, TerminalProgress), (False, LogLineProgress)])
@@ -48,7 +48,7 @@ def test_main_py_in_a_pipe_prints_lines_not_bar_redraws_and_no_known_noise(tmp_p
 def test_images_per_batch_counts_detection_lists_and_tensors_not_colour_channels():
     import torch
 
-    from convnext_pl.progress import images_in
+    from convnext_pl.training.progress import images_in
 
     detection = ([torch.zeros(3, 40, 50) for _ in range(4)], [{"boxes": torch.zeros(0, 4)} for _ in range(4)])
     assert images_in(detection) == 4

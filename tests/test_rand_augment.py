@@ -11,12 +11,17 @@ from helpers import DIGITS, QUIET
 from PIL import Image
 from timm.data.auto_augment import NAME_TO_OP, AugmentOp
 
-from convnext_pl.cli import cli_main
 from convnext_pl.data import ImageFolderDataModule
-from convnext_pl.data.fast_augment import mean_abs_difference
-from convnext_pl.data.rand_augment import KERNEL_OF_TIMM_OP, KERNELS, BatchRandAugment, device_rand_augment
-from convnext_pl.data.transforms import fast_train_transform, train_transform
+from convnext_pl.data.augment.fast_augment import mean_abs_difference
+from convnext_pl.data.augment.rand_augment import (
+    KERNEL_OF_TIMM_OP,
+    KERNELS,
+    BatchRandAugment,
+    device_rand_augment,
+)
+from convnext_pl.data.augment.transforms import fast_train_transform, train_transform
 from convnext_pl.errors import UserError
+from convnext_pl.training.cli import cli_main
 
 # Not square: rotations turn about (w / 2, h / 2), relative translations scale by w or h.
 WIDTH, HEIGHT = 40, 30

@@ -12,10 +12,10 @@ import torch
 from helpers import DIGITS, QUIET, run_main
 from helpers.callbacks import PoisonBatches, PoisonGradients
 
-from convnext_pl import checkpointing
-from convnext_pl.checkpointing import PARTIAL_PREFIX, AtomicCheckpointIO
-from convnext_pl.cli import cli_main
-from convnext_pl.guards import NonFiniteLossGuard
+from convnext_pl.training import checkpoint_io
+from convnext_pl.training.checkpoint_io import PARTIAL_PREFIX, AtomicCheckpointIO
+from convnext_pl.training.cli import cli_main
+from convnext_pl.training.guards import NonFiniteLossGuard
 
 # One digits epoch of 5 batches of 16: the run the loss-guard tests poison.
 FIT = [
@@ -42,7 +42,7 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_whole(tmp_path, monk
         f.write(b"PK\x03\x04 half a zip")
         raise KeyboardInterrupt  # what Ctrl+C in the middle of torch.save raises
 
-    monkeypatch.setattr(checkpointing.torch, "save", half_then_fail)
+    monkeypatch.setattr(checkpoint_io.torch, "save", half_then_fail)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint(_checkpoint(2.0), target)
     assert _saved_value(target) == 1.0

@@ -13,9 +13,9 @@ import torch
 from helpers import DIGITS, QUIET, run_main
 from torch.utils.data import Dataset
 
-from convnext_pl.checkpointing import find_last_checkpoint
 from convnext_pl.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
-from convnext_pl.seeding import StepSeeding, derive_seed, seed_all
+from convnext_pl.training.checkpointing import find_last_checkpoint
+from convnext_pl.training.seeding import StepSeeding, derive_seed, seed_all
 
 # 2 epochs of 4 batches; last.ckpt every 3 steps (3 and 6 are mid-epoch). Every source of randomness of the recipe
 # is on: augmentation (torch), drop path (torch), Mixup/CutMix (numpy), and EMA state to restore.
@@ -24,7 +24,7 @@ RUN = [
     "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1",
     *QUIET, "--data.init_args.batch_size", "16", "--checkpoint.every_n_train_steps", "3",
     "--model.net.init_args.drop_path_rate", "0.2", "--model.mixup_alpha", "0.8", "--model.cutmix_alpha", "1.0",
-    "--trainer.callbacks+=convnext_pl.callbacks.EMA", "--trainer.callbacks.decay", "0.9",
+    "--trainer.callbacks+=convnext_pl.training.callbacks.EMA", "--trainer.callbacks.decay", "0.9",
 ]  # fmt: skip
 TOTAL_STEPS = 8
 # One worker of `make test` trains the uninterrupted reference run once for the module (xdist_group).

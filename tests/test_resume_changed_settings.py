@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import DIGITS, QUIET
 
-from convnext_pl.checkpointing import SCHEDULE_SETTINGS_KEY, refuse_changed_settings
-from convnext_pl.cli import cli_main
 from convnext_pl.errors import UserError
+from convnext_pl.training.cli import cli_main
+from convnext_pl.training.resume import SCHEDULE_SETTINGS_KEY, refuse_changed_settings
 
 # Two epochs of 2 optimizer steps; the epoch-0 checkpoint (step 2 of 4) is the one every test resumes.
 RUN = ["fit", "--config", DIGITS, *QUIET, "--trainer.max_epochs=2", "--trainer.limit_train_batches=2"]

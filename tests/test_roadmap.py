@@ -10,12 +10,12 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from convnext_pl.analysis.roadmap import CSV_COLUMNS, describe
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model, list_models
-from convnext_pl.models.conversions import convnext_to_roadmap, torchvision_resnet_to_roadmap
-from convnext_pl.models.roadmap import MAIN_STEPS, STEPS, RoadmapConfig, config_diff, create_roadmap_model
-from convnext_pl.roadmap import main
+from convnext_pl.roadmap.cli import main
+from convnext_pl.roadmap.report import CSV_COLUMNS, describe
+from convnext_pl.roadmap.steps import MAIN_STEPS, STEPS, RoadmapConfig, config_diff, create_roadmap_model
+from convnext_pl.weights.conversions import convnext_to_roadmap, torchvision_resnet_to_roadmap
 
 # The one field each step changes (paper Sec. 2.2-2.6, docs/paper.md §3), written out rather than read from the
 # presets so that a preset that drifts fails here.

@@ -8,9 +8,9 @@ import yaml
 from helpers import DIGITS
 
 from convnext_pl.errors import UserError
-from convnext_pl.ladder import LADDER_COLUMNS, step_names
-from convnext_pl.models.roadmap import MAIN_STEPS, create_roadmap_model
-from convnext_pl.roadmap import build_parser, main
+from convnext_pl.roadmap.cli import build_parser, main
+from convnext_pl.roadmap.ladder import LADDER_COLUMNS, step_names
+from convnext_pl.roadmap.steps import MAIN_STEPS, create_roadmap_model
 
 
 def test_steps_are_chosen_by_number_or_name():

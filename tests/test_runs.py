@@ -1,4 +1,4 @@
-"""The run-folder policy (convnext_pl.runs) as plain functions, and as a user meets it through the CLI."""
+"""The run-folder policy (convnext_pl.training.runs) as plain functions, and as a user meets it through the CLI."""
 
 import os
 
@@ -6,9 +6,9 @@ import pytest
 from helpers import CPU, DIGITS, QUIET
 from jsonargparse import Namespace
 
-from convnext_pl import runs
-from convnext_pl.cli import cli_main
 from convnext_pl.errors import UserError
+from convnext_pl.training import runs
+from convnext_pl.training.cli import cli_main
 
 
 def _config(**overrides) -> Namespace:

@@ -11,10 +11,10 @@ import torch
 from helpers import DIGITS, QUIET, SHORT
 from helpers.fakedata import write_cifar
 
-from convnext_pl.checkpointing import AtomicCheckpointIO
-from convnext_pl.cli import cli_main
 from convnext_pl.data import CIFARDataModule
 from convnext_pl.errors import UserError
+from convnext_pl.training.checkpoint_io import AtomicCheckpointIO
+from convnext_pl.training.cli import cli_main
 
 
 class _Payload:

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from convnext_pl.models.upernet import create_upernet
-from convnext_pl.tasks.inference import segment, slide_scores
+from convnext_pl.tasks.segmentation_inference import segment, slide_scores
 
 
 def _pointwise_net() -> nn.Module:

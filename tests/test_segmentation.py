@@ -10,9 +10,9 @@ from helpers import CPU, EXPERIMENTS, QUIET, run_main
 from lightning import Callback
 from PIL import Image
 
-from convnext_pl.cli import cli_main
 from convnext_pl.errors import UserError
 from convnext_pl.tasks.segmentation import iou_from_confusion
+from convnext_pl.training.cli import cli_main
 
 pytestmark = pytest.mark.xdist_group("segmentation_run")  # the module fixture trains once
 CONFIG = str(EXPERIMENTS / "segmentation_synthetic.yaml")

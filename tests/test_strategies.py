@@ -19,12 +19,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from convnext_pl.callbacks import EMA
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model
 from convnext_pl.models.convnext import Block
-from convnext_pl.module import ImageClassifier
-from convnext_pl.parallel import fully_shard_network, shard_units
+from convnext_pl.tasks.classification import ImageClassifier
+from convnext_pl.training.callbacks import EMA
+from convnext_pl.training.parallel import fully_shard_network, shard_units
 
 # Per-device batch 16, 2 processes, accumulation 2: an effective batch of 64 (and 2 optimizer steps per epoch
 # from 4 batches per rank). The lr refers to the paper's batch 4096 and must be rescaled to 64.

@@ -6,9 +6,9 @@ import pytest
 import torch
 from helpers import CONFIGS, DIGITS, run_main
 
-from convnext_pl.cli import cli_main
 from convnext_pl.errors import UserError
-from convnext_pl.parallel import FSDP2Strategy, mesh_sizes
+from convnext_pl.training.cli import cli_main
+from convnext_pl.training.parallel import FSDP2Strategy, mesh_sizes
 
 PIECES = sorted((CONFIGS / "trainer").glob("*.yaml"))
 ON_CPU = ["--trainer.accelerator", "cpu"]

@@ -7,16 +7,16 @@ ids, op arguments), targets, sample seeds)``, which the module's batch-transfer 
 the device (``rand_augment.py``, ``batch_augment.py``).
 """
 
-from convnext_pl.data.ade20k import ADE20KDataModule, SyntheticScenesDataModule
+from convnext_pl.data.augment.transforms import eval_transform, small_image_train_transform, train_transform
 from convnext_pl.data.base import ClassificationDataModule
-from convnext_pl.data.cifar import CIFARDataModule
-from convnext_pl.data.coco import COCODataModule, COCOShapesDataModule
-from convnext_pl.data.digits import DigitsDataModule
-from convnext_pl.data.folder import ImageFolderDataModule
-from convnext_pl.data.imagenet import ImageNetDataModule
-from convnext_pl.data.seg_folder import SegmentationFolderDataModule
-from convnext_pl.data.synthetic import SyntheticDataModule
-from convnext_pl.data.transforms import eval_transform, small_image_train_transform, train_transform
+from convnext_pl.data.classification.cifar import CIFARDataModule
+from convnext_pl.data.classification.digits import DigitsDataModule
+from convnext_pl.data.classification.folder import ImageFolderDataModule
+from convnext_pl.data.classification.imagenet import ImageNetDataModule
+from convnext_pl.data.classification.synthetic import SyntheticDataModule
+from convnext_pl.data.detection.coco import COCODataModule, COCOShapesDataModule
+from convnext_pl.data.segmentation.ade20k import ADE20KDataModule, SyntheticScenesDataModule
+from convnext_pl.data.segmentation.folder import SegmentationFolderDataModule
 
 __all__ = [
     "ADE20KDataModule",

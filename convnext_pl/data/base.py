@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from convnext_pl.data.batch_augment import DeviceAugment
+from convnext_pl.data.augment.batch_augment import DeviceAugment
+from convnext_pl.data.augment.rand_augment import AugmentedImage
 from convnext_pl.data.images import ImagePathDataset
-from convnext_pl.data.rand_augment import AugmentedImage
 from convnext_pl.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
 from convnext_pl.errors import UserError
-from convnext_pl.seeding import run_seed
+from convnext_pl.training.seeding import run_seed
 
 
 class ClassificationDataModule(L.LightningDataModule):

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
-from convnext_pl.seeding import derive_seed, seeded_cpu_generators
+from convnext_pl.training.seeding import derive_seed, seeded_cpu_generators
 
 
 class ResumableSampler(DistributedSampler):

@@ -22,8 +22,8 @@ from torch.utils.checkpoint import checkpoint
 
 from convnext_pl.errors import UserError
 from convnext_pl.models.convnext import LN_EPS
-from convnext_pl.models.pretrained import load_pretrained
 from convnext_pl.models.registry import create_model
+from convnext_pl.weights.loading import load_pretrained
 
 DECAY_TYPES = ("layer_wise", "stage_wise")
 _PREFIX = "backbone."  # the attribute name of the backbone in the task models, as in mmseg/mmdet

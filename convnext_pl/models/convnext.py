@@ -13,7 +13,7 @@ import torch.nn as nn
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from convnext_pl.models.layer_groups import block_layer_ids
+from convnext_pl.models.layer_ids import block_layer_ids
 
 LN_EPS = 1e-6  # paper and official code: every LayerNorm uses eps 1e-6
 

@@ -16,7 +16,7 @@ structure of torchvision's ``maskrcnn_resnet50_fpn`` (v1) with another backbone:
 Images enter as a list of float (3, H, W) tensors in [0, 1]; the model normalises them (ImageNet mean/std, which
 is mmdet's 0-255 ``img_norm_cfg`` divided by 255) and pads the batch to a multiple of 32. In evaluation it also
 resizes (shorter side ``min_size``, long side <= ``max_size``) and maps detections back to the input size; in
-training the data pipeline has already resized (multi-scale, see ``convnext_pl/data/coco.py``), so it does not.
+training the data pipeline has already resized (multi-scale, see ``convnext_pl/data/detection/coco.py``), so it does not.
 The differences that remain to mmdet are listed in docs/detection.md.
 """
 
@@ -36,10 +36,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import ConvNeXtBackbone, create_backbone, dense_layer_ids
-from convnext_pl.models.conversions import mmdet_mask_rcnn_to_torchvision
-from convnext_pl.models.pretrained import load_whole_network
 from convnext_pl.models.registry import DropPathRate
 from convnext_pl.ranges import LeftOpenUnitInterval
+from convnext_pl.weights.conversions import mmdet_mask_rcnn_to_torchvision
+from convnext_pl.weights.loading import load_whole_network
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # mmdet img_norm_cfg mean (123.675, 116.28, 103.53) / 255
 IMAGENET_STD = (0.229, 0.224, 0.225)  # mmdet img_norm_cfg std (58.395, 57.12, 57.375) / 255
@@ -174,7 +174,7 @@ def create_mask_rcnn(
 def load_detection_checkpoint(model: GeneralizedRCNN, source: str | Path) -> GeneralizedRCNN:
     """Load a whole detector's weights into ``model``: an mmdet 2.x checkpoint (the released
     ``mask_rcnn_convnext_*`` COCO files, ``{"state_dict": ..., "meta": ...}``, converted with
-    :func:`convnext_pl.models.conversions.mmdet_mask_rcnn_to_torchvision`), a torchvision-layout state dict, or a
+    :func:`convnext_pl.weights.conversions.mmdet_mask_rcnn_to_torchvision`), a torchvision-layout state dict, or a
     Lightning checkpoint of ``MaskRCNNDetector``. Every key must fit in name and shape.
 
     Args:

@@ -20,9 +20,9 @@ from jsonargparse.typing import PositiveInt
 from torchvision.ops.misc import Conv2dNormActivation
 
 from convnext_pl.models.backbone import ConvNeXtBackbone, create_backbone
-from convnext_pl.models.pretrained import load_whole_network
 from convnext_pl.models.registry import DropPathRate
 from convnext_pl.ranges import RightOpenUnitInterval
+from convnext_pl.weights.loading import load_whole_network
 
 
 def conv_module(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:

@@ -29,13 +29,19 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from convnext_pl.checkpointing import ResumableSchedule, refuse_a_checkpoint_that_does_not_fit
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import DECAY_TYPES
 from convnext_pl.models.mask_rcnn import detector_layer_ids
-from convnext_pl.module import created_in_code, refuse_another_class_count
-from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_multistep
 from convnext_pl.ranges import LeftOpenUnitInterval
+from convnext_pl.tasks.classification import created_in_code, refuse_another_class_count
+from convnext_pl.training.optim import (
+    build_optimizer,
+    effective_batch_size,
+    per_step,
+    scaled_lr,
+    warmup_multistep,
+)
+from convnext_pl.training.resume import ResumableSchedule, refuse_a_checkpoint_that_does_not_fit
 
 # torchmetrics' result names -> the COCO names logged (and printed by the CLI).
 COCO_METRICS = {
@@ -203,7 +209,7 @@ class MaskRCNNDetector(ResumableSchedule, LightningModule):
     def lr_schedule_settings(self) -> dict[str, int | float | list[int]]:
         """What the lr schedule is built from (the effective batch, peak lr, warm-up steps, total optimizer steps
         and the steps where the lr drops); checkpoints store them and a resume compares them
-        (:class:`~convnext_pl.checkpointing.ResumableSchedule`)."""
+        (:class:`~convnext_pl.training.resume.ResumableSchedule`)."""
         batch = effective_batch_size(self.trainer)
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)

@@ -26,15 +26,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from convnext_pl.checkpointing import ResumableSchedule, refuse_a_checkpoint_that_does_not_fit
-from convnext_pl.data.seg_transforms import IGNORE_INDEX
+from convnext_pl.data.segmentation.transforms import IGNORE_INDEX
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import DECAY_TYPES, dense_layer_ids
 from convnext_pl.models.upernet import resize
-from convnext_pl.module import created_in_code, refuse_another_class_count
-from convnext_pl.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_poly
 from convnext_pl.ranges import LeftOpenUnitInterval
-from convnext_pl.tasks.inference import InferenceMode, segment
+from convnext_pl.tasks.classification import created_in_code, refuse_another_class_count
+from convnext_pl.tasks.segmentation_inference import InferenceMode, segment
+from convnext_pl.training.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_poly
+from convnext_pl.training.resume import ResumableSchedule, refuse_a_checkpoint_that_does_not_fit
 
 
 def palette(num_classes: int) -> list[int]:
@@ -224,7 +224,7 @@ class SemanticSegmenter(ResumableSchedule, LightningModule):
     # -------------------------------------------------------------------------------------------- optimizer
     def lr_schedule_settings(self) -> dict[str, int | float]:
         """What the lr schedule is built from (the effective batch, peak lr, warm-up and total optimizer steps);
-        checkpoints store them and a resume compares them (:class:`~convnext_pl.checkpointing.ResumableSchedule`).
+        checkpoints store them and a resume compares them (:class:`~convnext_pl.training.resume.ResumableSchedule`).
         """
         effective_batch = effective_batch_size(self.trainer)
         return {

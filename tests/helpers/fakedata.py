@@ -1,6 +1,6 @@
 """Writers of small data sets in the genuine on-disk formats, for tests (never download anything).
 
-The writers live in :mod:`convnext_pl.data.fake` so the data benchmark can use them too; this module is the
+The writers live in :mod:`convnext_pl.data.classification.synthetic_files` so the data benchmark can use them too; this module is the
 name tests import them by, plus a writer of images that cannot be decoded and one of loose digit images.
 """
 
@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from convnext_pl.data.fake import (
+from convnext_pl.data.classification.synthetic_files import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     truncate_file,

@@ -6,7 +6,7 @@ import lightning as L
 
 from convnext_pl.data import SyntheticDataModule
 from convnext_pl.models import create_model
-from convnext_pl.module import ImageClassifier
+from convnext_pl.tasks.classification import ImageClassifier
 
 
 def quiet_trainer(tmp_path: str | Path, **overrides) -> L.Trainer:

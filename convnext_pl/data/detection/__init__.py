@@ -1,0 +1,1 @@
+"""Detection data: COCO instances (official layout) and synthetic shapes written as a genuine COCO data set."""

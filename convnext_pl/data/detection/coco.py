@@ -1,0 +1,370 @@
+"""COCO instance segmentation (boxes + masks) in the official layout, and the synthetic shapes in the same layout.
+
+The official layout is ``<root>/train2017/``, ``<root>/val2017/`` and ``<root>/annotations/instances_{split}.json``.
+Images and annotations are read by torchvision's ``CocoDetection`` wrapped for ``transforms.v2``, so boxes and
+masks are transformed together with the image. What the official mmdet 2.x pipeline does (docs/paper.md §6):
+
+- training skips images without annotations and images under 32 pixels (mmdet ``CocoDataset._filter_imgs``), and
+  ignores crowd annotations (mmdet puts them in ``gt_bboxes_ignore``, which Mask R-CNN does not use);
+- the DETR-style multi-scale augmentation of the official 3x config (:func:`detr_train_transform`);
+- evaluation images come at their original size: the model resizes them (shorter side 800, long side <= 1333)
+  and maps its detections back, so boxes and masks are scored against the original annotations, crowds
+  included with ``iscrowd`` as pycocotools does.
+
+Batches are ``(images, targets)``: a list of float ``(3, H, W)`` images in [0, 1] of varying sizes, and a list of
+dicts with ``boxes`` (``(N, 4)`` XYXY pixels), ``labels`` (1..num_classes; 0 is the background),
+``masks`` (``(N, H, W)`` uint8), ``iscrowd``, ``area`` and ``image_id``.
+"""
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+from torchvision.transforms import v2
+
+from convnext_pl.errors import UserError
+
+TRAIN_SCALES = tuple(range(480, 801, 32))  # official: shorter side 480..800 in steps of 32
+CROP_SCALES = (400, 500, 600)  # official: the crop branch first resizes to one of these
+CROP_SIZE = (384, 600)  # official: RandomCrop crop_type "absolute_range"
+MAX_SIZE = 1333  # official: long side at most 1333
+MIN_IMAGE_SIZE = 32  # mmdet skips training images smaller than this
+
+
+class RandomSizeCrop(v2.Transform):
+    """Crop a random ``h x w`` window with ``h, w`` drawn uniformly from ``[min(side, lo), min(side, hi)]``.
+
+    mmdet's ``RandomCrop(crop_type="absolute_range")``; transforms.v2 has no crop whose size is drawn from a
+    range without resizing afterwards (``RandomResizedCrop`` resizes), so it is written here on ``F.crop``.
+    """
+
+    def __init__(self, min_size: int, max_size: int):
+        super().__init__()
+        self.min_size, self.max_size = min_size, max_size
+
+    def make_params(self, flat_inputs: list) -> dict:
+        height, width = v2.query_size(flat_inputs)
+        crop_h = int(torch.randint(min(height, self.min_size), min(height, self.max_size) + 1, ()))
+        crop_w = int(torch.randint(min(width, self.min_size), min(width, self.max_size) + 1, ()))
+        top = int(torch.randint(0, height - crop_h + 1, ()))
+        left = int(torch.randint(0, width - crop_w + 1, ()))
+        return dict(top=top, left=left, height=crop_h, width=crop_w)
+
+    def transform(self, inpt, params: dict):
+        return self._call_kernel(v2.functional.crop, inpt, **params)
+
+
+def detr_train_transform(
+    scales=TRAIN_SCALES, crop_scales=CROP_SCALES, crop_size=CROP_SIZE, max_size: int = MAX_SIZE
+) -> v2.Transform:
+    """The official training augmentation (mmdet ``AutoAugment`` with two policies, after DETR).
+
+    Flip with probability 0.5; then with probability 1/2 resize the shorter side to one of ``scales`` (long side
+    at most ``max_size``), else resize to one of ``crop_scales``, crop a random ``crop_size`` window and resize to
+    one of ``scales``. Boxes are clipped to the crop and boxes left empty are removed with their masks and labels.
+    Normalisation and padding to a multiple of 32 happen in the model (torchvision's ``GeneralizedRCNNTransform``).
+    """
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomChoice(
+                [
+                    v2.RandomShortestSize(list(scales), max_size),
+                    v2.Compose(
+                        [
+                            v2.RandomShortestSize(list(crop_scales), max_size),
+                            RandomSizeCrop(*crop_size),
+                            v2.RandomShortestSize(list(scales), max_size),
+                        ]
+                    ),
+                ]
+            ),
+            v2.ClampBoundingBoxes(),
+            v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_box_fields),
+        ]
+    )
+
+
+def _box_fields(sample) -> tuple:
+    """The per-box tensors that must lose the same rows as the boxes (SanitizeBoundingBoxes' labels_getter)."""
+    _, target = sample
+    return target["labels"], target["iscrowd"], target["area"]
+
+
+class COCOInstances(Dataset):
+    """One COCO split as ``(image, target)`` pairs with contiguous labels (see the module docstring).
+
+    Args:
+        image_dir: folder of the split's images.
+        annotation_file: the split's ``instances_*.json``.
+        train: skip images without annotations (and under 32 pixels), drop crowd annotations.
+        transform: a ``transforms.v2`` transform of ``(image, target)``; images are float in [0, 1] already.
+    """
+
+    def __init__(
+        self, image_dir: Path, annotation_file: Path, train: bool, transform: v2.Transform | None = None
+    ):
+        _check_annotation_file(annotation_file)
+        if not image_dir.is_dir():
+            raise UserError(f"COCO image folder {image_dir} does not exist; put the split's images there.")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress on every load
+                dataset = CocoDetection(str(image_dir), str(annotation_file))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise UserError(
+                f"{annotation_file} is not a COCO annotation file ({type(err).__name__}: {err}); "
+                "give the instances_*.json of the official download"
+            ) from err
+        coco = dataset.coco
+        self.image_dir, self.train, self.transform = image_dir, train, transform
+        self.category_ids = sorted(coco.getCatIds())
+        self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}  # 0 is the background
+        self.class_names = [coco.cats[cat]["name"] for cat in self.category_ids]
+        if train:
+            with_annotations = {ann["image_id"] for ann in coco.anns.values()}
+            dataset.ids = [
+                i
+                for i in dataset.ids
+                if i in with_annotations
+                and min(coco.imgs[i]["width"], coco.imgs[i]["height"]) >= MIN_IMAGE_SIZE
+            ]
+        self.ids = dataset.ids
+        keys = ("image_id", "boxes", "labels", "masks", "iscrowd", "area")
+        self.dataset = wrap_dataset_for_transforms_v2(dataset, target_keys=keys)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            image, target = self.dataset[index]
+        except FileNotFoundError as err:
+            raise UserError(
+                f"COCO image {err.filename} is missing; restore it or remove it from the annotation file"
+            ) from err
+        image = v2.functional.to_dtype(v2.functional.to_image(image), torch.float32, scale=True)
+        target = self._contiguous(target, tuple(image.shape[-2:]))
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, {
+            "image_id": target["image_id"],
+            "boxes": target["boxes"].as_subclass(torch.Tensor),
+            "labels": target["labels"],
+            "masks": target["masks"].as_subclass(torch.Tensor),
+            "iscrowd": target["iscrowd"],
+            "area": target["area"],
+        }
+
+    def _contiguous(self, target: dict, size: tuple[int, int]) -> dict:
+        """Tensors for every key (an image without annotations gets empty ones), COCO ids -> labels 1..K."""
+        count = len(target.get("labels", []))
+        iscrowd = torch.tensor(target.get("iscrowd", []), dtype=torch.int64).reshape(count)
+        # Crowds are not trained on (mmdet: gt_bboxes_ignore, which Mask R-CNN does not use).
+        keep = iscrowd == 0 if self.train else torch.ones(count, dtype=torch.bool)
+        boxes = target.get("boxes", torch.zeros(0, 4)).float()  # integer boxes in a JSON load as int64
+        masks = target.get("masks", torch.zeros(0, *size, dtype=torch.uint8))
+        labels = [self.label_of[int(c)] for c in target.get("labels", [])]
+        return {
+            "image_id": target["image_id"],
+            "boxes": tv_tensors.BoundingBoxes(boxes[keep], format="XYXY", canvas_size=size),
+            "labels": torch.tensor(labels, dtype=torch.int64)[keep],
+            "masks": tv_tensors.Mask(masks[keep]),
+            "iscrowd": iscrowd[keep],
+            "area": torch.tensor(target.get("area", []), dtype=torch.float32).reshape(count)[keep],
+        }
+
+
+def _check_annotation_file(path: Path) -> None:
+    if not path.is_file():
+        raise UserError(
+            f"COCO annotation file {path} does not exist; download the annotations or fix data.root."
+        )
+    try:
+        document = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); download it again") from err
+    missing = [key for key in ("images", "annotations", "categories") if key not in document]
+    if not isinstance(document, dict) or missing:
+        raise UserError(
+            f"{path} is not a COCO annotation file (it lacks {', '.join(missing) or 'a top-level dict'})."
+        )
+
+
+def collate_detection(batch: list) -> tuple[list, list]:
+    """Images of different sizes stay a list; the model pads them into one batch tensor."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)
+
+
+def _check_relations(train_scales, crop_scales, crop_size) -> None:
+    """What the option types cannot say: the augmentation's lists must hold a choice, its crop range an order."""
+    for option, scales in (("train_scales", train_scales), ("crop_scales", crop_scales)):
+        if not scales:
+            raise UserError(f"data.init_args.{option} is empty; give at least one shorter-side size")
+    if crop_size[0] > crop_size[1]:
+        raise UserError(
+            f"data.init_args.crop_size {tuple(crop_size)} is (min, max) of the crop's sides; give the smaller first"
+        )
+
+
+class COCODataModule(LightningDataModule):
+    """COCO instance segmentation in the official layout (see the module docstring).
+
+    Args:
+        root: folder with ``train2017/``, ``val2017/`` and ``annotations/``.
+        batch_size: images per device (official: 2 on each of 8 GPUs).
+        num_workers: loader processes per device.
+        train_split: name of the training split's image folder and annotation suffix.
+        val_split: the same for validation, testing and prediction.
+        train_scales: shorter sides of the multi-scale training resize (official 480..800 step 32).
+        crop_scales: shorter sides before the random crop (official 400, 500, 600).
+        crop_size: range of the random crop's sides (official 384..600).
+        max_size: longest side after any resize (official 1333).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/coco",
+        batch_size: PositiveInt = 2,
+        num_workers: NonNegativeInt = 2,
+        train_split: str = "train2017",
+        val_split: str = "val2017",
+        train_scales: tuple[PositiveInt, ...] = TRAIN_SCALES,
+        crop_scales: tuple[PositiveInt, ...] = CROP_SCALES,
+        crop_size: tuple[PositiveInt, PositiveInt] = CROP_SIZE,
+        max_size: PositiveInt = MAX_SIZE,
+    ):
+        super().__init__()
+        _check_relations(train_scales, crop_scales, crop_size)
+        self.save_hyperparameters()  # a subclass's own arguments when called from a subclass (Lightning's rule)
+        self.root = Path(root)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_split, self.val_split = train_split, val_split
+        self.augmentation = dict(
+            scales=list(train_scales),
+            crop_scales=list(crop_scales),
+            crop_size=tuple(crop_size),
+            max_size=max_size,
+        )
+        self.datasets: dict[str, COCOInstances] = {}
+
+    def split_paths(self, split: str) -> tuple[Path, Path]:
+        """The image folder and annotation file of a split."""
+        return self.root / split, self.root / "annotations" / f"instances_{split}.json"
+
+    @property
+    def num_classes(self) -> int | None:
+        """Object classes (without the background), read from the annotation file's categories."""
+        path = self.split_paths(self.val_split)[1]
+        if "val" in self.datasets:
+            return len(self.datasets["val"].category_ids)
+        if not path.is_file():
+            return None  # unknown until the data exists; the model's num_classes is then used as written
+        try:
+            return len(json.loads(path.read_text()).get("categories", []))
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return None  # setup() names the broken file in one sentence
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and "train" not in self.datasets:
+            transform = detr_train_transform(**self.augmentation)
+            self.datasets["train"] = COCOInstances(
+                *self.split_paths(self.train_split), train=True, transform=transform
+            )
+        if "val" not in self.datasets:
+            self.datasets["val"] = COCOInstances(*self.split_paths(self.val_split), train=False)
+
+    @property
+    def category_ids(self) -> list[int]:
+        """COCO category id of each label 1..K (index 0 is label 1), for writing COCO results."""
+        return self.datasets["val"].category_ids
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.datasets["val"].class_names
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate_detection,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+
+class COCOShapesDataModule(COCODataModule):
+    """The offline default: synthetic shapes written once as a genuine COCO data set, read as COCO is.
+
+    ``prepare_data`` writes ``root`` with :func:`convnext_pl.data.detection.coco_synthetic.write_coco_shapes` when its
+    annotation files are absent; an existing folder is read as it is, never overwritten.
+
+    Args:
+        root: where the data set is written.
+        train_images: training images.
+        val_images: validation images.
+        image_size: image width (heights vary from 3/4 of it to all of it).
+        seed: the data set is a function of the seed.
+        **coco_options: any other :class:`COCODataModule` argument (batch size, scales, ...).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/coco_shapes",
+        train_images: PositiveInt = 64,
+        val_images: PositiveInt = 16,
+        image_size: PositiveInt = 128,
+        seed: int = 0,
+        batch_size: PositiveInt = 4,
+        num_workers: NonNegativeInt = 0,
+        train_scales: tuple[PositiveInt, ...] = (96, 112, 128, 144, 160),
+        crop_scales: tuple[PositiveInt, ...] = (80, 96, 112),
+        crop_size: tuple[PositiveInt, PositiveInt] = (64, 112),
+        max_size: PositiveInt = 224,
+    ):
+        super().__init__(
+            root=root,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            train_scales=train_scales,
+            crop_scales=crop_scales,
+            crop_size=crop_size,
+            max_size=max_size,
+        )
+        self.synthetic = dict(
+            train_images=train_images, val_images=val_images, image_size=image_size, seed=seed
+        )
+
+    @property
+    def num_classes(self) -> int:
+        from convnext_pl.data.detection.coco_synthetic import CATEGORIES
+
+        return len(CATEGORIES)
+
+    def prepare_data(self) -> None:
+        if all(self.split_paths(s)[1].is_file() for s in (self.train_split, self.val_split)):
+            return
+        from convnext_pl.data.detection.coco_synthetic import write_coco_shapes
+
+        write_coco_shapes(self.root, **self.synthetic)

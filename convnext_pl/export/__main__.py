@@ -1,0 +1,3 @@
+from convnext_pl.export.formats import main
+
+main()

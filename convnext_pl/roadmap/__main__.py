@@ -1,0 +1,3 @@
+from convnext_pl.roadmap.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,350 @@
+"""The LightningModule: a network plus the paper's optimisation recipe (paper Sec. 3.1 and Table 5, docs/paper.md §4).
+
+The module receives the network ready-made (in YAML: ``net: {class_path: convnext_pl.models.create_model, ...}``)
+and never builds data. Code defaults are neutral (no Mixup, no layer decay, no lr scaling); the recipe numbers
+live in ``configs/``, each with its source.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from jsonargparse.typing import (
+    ClosedUnitInterval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
+from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from timm.data import Mixup
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from convnext_pl.errors import UserError
+from convnext_pl.ranges import LeftOpenUnitInterval, RightOpenUnitInterval
+from convnext_pl.training.optim import (
+    build_optimizer,
+    effective_batch_size,
+    per_step,
+    scaled_lr,
+    warmup_cosine,
+)
+from convnext_pl.training.parallel import ShardUnit, fully_shard_network
+from convnext_pl.training.resume import ResumableSchedule, refuse_a_checkpoint_that_does_not_fit
+
+# Ranges declared on the options, so the command line refuses a value outside them in one line, naming the
+# option, before anything runs (jsonargparse checks these types; Python callers pass plain numbers).
+LayerDecay = LeftOpenUnitInterval  # (0, 1]: 1 is no decay
+LabelSmoothing = RightOpenUnitInterval  # [0, 1)
+
+
+def _accuracy_metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        }
+    )
+
+
+class ImageClassifier(ResumableSchedule, LightningModule):
+    """Image classification with the ConvNeXt training recipe.
+
+    Args:
+        net: the network (any model with ``num_classes``; ``layer_ids()`` is needed for layer decay).
+        lr: peak learning rate at ``lr_reference_batch`` (paper: 4e-3 at 4096; fine-tuning 5e-5 at 512).
+        lr_reference_batch: batch size ``lr`` refers to; the peak lr is ``lr * effective_batch / lr_reference_batch``
+            with effective batch = per-device batch x devices x nodes x gradient accumulation. None: no scaling.
+        min_lr: final lr of the cosine decay, at the same reference batch (paper: 1e-6).
+        weight_decay: AdamW decay on matrices and kernels only (paper: 0.05; fine-tuning 1e-8).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_epochs: linear warm-up length in epochs (paper: 20; may be fractional).
+        warmup_steps: warm-up length in optimizer steps; overrides ``warmup_epochs`` when set.
+        layer_decay: layer-wise lr decay factor (fine-tuning: 0.8 for 22K->1K, 0.7 for 224->384); None: off.
+        label_smoothing: label smoothing (paper: 0.1), folded into the soft targets when Mixup/CutMix is on.
+        mixup_alpha: Mixup alpha (paper: 0.8; 0 disables).
+        cutmix_alpha: CutMix alpha (paper: 1.0; 0 disables).
+        mixup_prob: probability of mixing a batch (paper: 1.0, every batch).
+        mixup_switch_prob: probability of CutMix instead of Mixup when both are on (paper: 0.5).
+        pretrained: weights to start from or to evaluate: a released name (``convnext_tiny.in22k_ft_in1k``;
+            ``python -m convnext_pl.weights list``), a URL, ``hf-hub:<repo>`` or a file (official, timm
+            or a Lightning checkpoint of this project). Loaded in every stage unless ``--ckpt_path`` is given;
+            ``fit`` re-initialises a head of another class count, evaluation refuses one.
+        channels_last: convert the network and every batch to channels_last (faster convolutions on GPUs).
+        compile: compile the network in place (``nn.Module.compile``), so checkpoint keys stay unchanged.
+        grad_checkpointing: recompute block activations in the backward pass to save memory.
+        shard_unit: the FSDP2 unit under ``ModelParallelStrategy`` (``configs/trainer/fsdp2.yaml``): ``"block"``
+            or ``"stage"``; ignored by every other strategy.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        lr: PositiveFloat = 1e-3,
+        lr_reference_batch: PositiveInt | None = None,
+        min_lr: NonNegativeFloat = 0.0,
+        weight_decay: NonNegativeFloat = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: PositiveFloat = 1e-8,
+        warmup_epochs: NonNegativeFloat = 0.0,
+        warmup_steps: NonNegativeInt | None = None,
+        layer_decay: LayerDecay | None = None,
+        label_smoothing: LabelSmoothing = 0.0,
+        mixup_alpha: NonNegativeFloat = 0.0,
+        cutmix_alpha: NonNegativeFloat = 0.0,
+        mixup_prob: ClosedUnitInterval = 1.0,
+        mixup_switch_prob: ClosedUnitInterval = 0.5,
+        pretrained: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        grad_checkpointing: bool = False,
+        shard_unit: ShardUnit = "block",
+    ):
+        super().__init__()
+        if min_lr > lr:  # a relation, which types cannot say
+            raise UserError(
+                f"model.init_args.min_lr {min_lr} is above model.init_args.lr {lr}: the cosine decay would climb; "
+                "give a min_lr <= lr"
+            )
+        self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
+        self.net = net
+        self.num_classes = net.num_classes
+        if grad_checkpointing:
+            net.set_grad_checkpointing(True)
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            # timm's Mixup mixes images and builds the smoothed soft targets in one place (official recipe).
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                prob=mixup_prob,
+                switch_prob=mixup_switch_prob,
+                mode="batch",
+                label_smoothing=label_smoothing,
+                num_classes=self.num_classes,
+            )
+        self.val_metrics = nn.ModuleDict({"val": _accuracy_metrics(self.num_classes)})
+        self.val_metrics["val_ema"] = _accuracy_metrics(self.num_classes)
+        self.test_metrics = _accuracy_metrics(self.num_classes)
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        refuse_another_class_count(self, self.num_classes, f"the model's head has {self.num_classes} outputs")
+        self._load_pretrained(stage)
+
+    def _load_pretrained(self, stage: str) -> None:
+        """Load ``pretrained`` once, in any stage, unless ``--ckpt_path`` restores the weights anyway.
+
+        Fitting replaces a head of another class count; validate/test/predict evaluate the file as it is, so there
+        a head that does not fit the data (a 22K head on 1K data) is refused. ``hparams.pretrained`` set means
+        the network holds trained weights (the check that refuses evaluating random weights reads it).
+        """
+        if not self.hparams.pretrained or getattr(self, "_pretrained_loaded", False):
+            return
+        if self._trainer is not None and self.trainer.ckpt_path:
+            return  # the checkpoint's weights replace these right after setup: do not download them for nothing
+        # Imported here: pretrained.py (and the catalogue) is only needed when starting from released weights.
+        from convnext_pl.weights.catalogue import CATALOGUE
+        from convnext_pl.weights.loading import load_pretrained
+
+        load_pretrained(self.net, self.hparams.pretrained, replace_head=stage == "fit")
+        self._pretrained_loaded = True
+        self.pretrained_entry = CATALOGUE.get(str(self.hparams.pretrained))
+        rank_zero_info(f"Loaded pretrained weights from {self.hparams.pretrained}")
+        if stage != "fit" and self.pretrained_entry is not None:
+            self._use_the_entrys_eval_transform(stage)
+
+    def _use_the_entrys_eval_transform(self, stage: str) -> None:
+        """Evaluate released weights at their own resolution and crop (docs/paper.md §4: crop 0.875 below 384,
+        squash at 384 and above), as their reported figure was measured.
+
+        Lightning sets the DataModule up before the LightningModule, so a DataModule with ``image_size`` and
+        ``crop_pct`` whose values differ is given the entry's and set up again (its transforms are built there).
+        To evaluate at another resolution, pass the file's path or URL instead of its name.
+        """
+        entry, datamodule = self.pretrained_entry, getattr(self.trainer, "datamodule", None)
+        wanted = {"image_size": entry.image_size, "crop_pct": entry.crop_pct}
+        if datamodule is None or not all(hasattr(datamodule, key) for key in wanted):
+            return
+        if any(getattr(datamodule, key) != value for key, value in wanted.items()):
+            for key, value in wanted.items():
+                setattr(datamodule, key, value)
+            datamodule.setup(stage)
+        mode = "squash, no crop" if entry.crop_mode == "squash" else f"center crop {entry.crop_pct}"
+        rank_zero_info(
+            f"Evaluating {entry.name} with its own transform: {entry.image_size}x{entry.image_size}, {mode}"
+        )
+
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == "validate":
+            self._report_released_figures("val")
+
+    def on_test_end(self) -> None:
+        self._report_released_figures("test")
+
+    def _report_released_figures(self, prefix: str) -> None:
+        """Print the measured top-1/top-5 of released weights beside the figure their source reports."""
+        entry = getattr(self, "pretrained_entry", None)
+        metrics = self.trainer.callback_metrics
+        if entry is None or f"{prefix}/acc1" not in metrics:
+            return
+        reported = entry.reported.get("top1")
+        source = (
+            f"{reported:.1f} ({entry.reported_at}; {entry.source})" if reported is not None else "no figure"
+        )
+        rank_zero_info(
+            f"{entry.name}: measured top-1 {100 * float(metrics[f'{prefix}/acc1']):.2f}, top-5 "
+            f"{100 * float(metrics[f'{prefix}/acc5']):.2f}; the source reports top-1 {source}"
+        )
+
+    def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.device_mesh is not None:  # only ModelParallelStrategy sets a mesh: shard with FSDP2
+            fully_shard_network(self.net, self.device_mesh, self.hparams.shard_unit)
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.net.compile()  # in place: parameter names (and checkpoint keys) do not gain `_orig_mod.`
+            self._compiled = True
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called before the weights are loaded. load_state_dict would list every mismatch at once; a checkpoint
+        # of another model or class count (a --ckpt_path of another run, a changed config) gets one sentence.
+        self._pretrained_loaded = True  # the checkpoint's weights, not `pretrained`, are the ones to keep
+        refuse_a_checkpoint_that_does_not_fit(self, checkpoint)
+        self.remember_saved_schedule(checkpoint)
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # a no-op when the batch already is
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        if self.mixup is not None:
+            if images.shape[0] % 2:
+                raise UserError(
+                    f"Mixup/CutMix pairs images within a batch and got an odd batch of {images.shape[0]}; "
+                    "use an even data.init_args.batch_size."
+                )
+            images, soft_targets = self.mixup(images, targets)
+            loss = torch.sum(-soft_targets * F.log_softmax(self(images), dim=-1), dim=-1).mean()
+        else:
+            loss = F.cross_entropy(self(images), targets, label_smoothing=self.hparams.label_smoothing)
+        # batch_size given: Lightning would otherwise search the batch for it on every step.
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        for prefix, net in self._validated_networks():
+            logits = net(images)
+            loss = F.cross_entropy(logits, targets)
+            metrics = self.val_metrics[prefix]
+            metrics.update(logits, targets)
+            self.log(f"{prefix}/loss", loss, prog_bar=prefix == "val", sync_dist=True)
+            self.log_dict({f"{prefix}/{k}": m for k, m in metrics.items()}, prog_bar=prefix == "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        logits = self(images)
+        self.test_metrics.update(logits, targets)
+        self.log("test/loss", F.cross_entropy(logits, targets), sync_dist=True)
+        self.log_dict({f"test/{k}": m for k, m in self.test_metrics.items()})
+
+    def predict_step(self, batch, batch_idx: int) -> dict:
+        images, paths = batch
+        probs = self(images).softmax(dim=-1)
+        top = probs.topk(min(5, self.num_classes), dim=-1)
+        return {"paths": list(paths), "probs": top.values.cpu(), "classes": top.indices.cpu()}
+
+    def _validated_networks(self):
+        """The raw network, and the EMA copy when an ``EMA`` callback keeps one (both are logged)."""
+        yield "val", self.net
+        for callback in self.trainer.callbacks if self._trainer is not None else []:
+            ema_net = getattr(callback, "averaged_net", None)
+            if ema_net is not None:
+                yield "val_ema", ema_net
+
+    # -------------------------------------------------------------------------------------------- optimizer
+    def lr_schedule_settings(self) -> dict[str, int | float]:
+        """What this run's lr schedule is built from, for the trainer it is attached to: the effective batch, the
+        peak lr, the warm-up and total optimizer steps (counting them builds the training loader). Checkpoints
+        store them; a resume compares them before anything is written (``resume.refuse_a_changed_resume``).
+        """
+        hp = self.hparams
+        effective_batch = effective_batch_size(self.trainer)
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        if hp.warmup_steps is not None:
+            warmup_steps = hp.warmup_steps
+        else:
+            epochs = max(1, self.trainer.max_epochs or 1)
+            warmup_steps = round(hp.warmup_epochs * total_steps / epochs)
+        return {
+            "effective_batch_size": effective_batch,
+            "peak_lr": scaled_lr(hp.lr, effective_batch, hp.lr_reference_batch),
+            "warmup_steps": warmup_steps,
+            "total_steps": total_steps,
+        }
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        settings = self.resolved_schedule_settings()  # on a resume, compared with the checkpoint's
+        effective_batch, peak_lr = settings["effective_batch_size"], settings["peak_lr"]
+        warmup_steps, total_steps = settings["warmup_steps"], settings["total_steps"]
+        layer_ids = self.net.layer_ids() if hp.layer_decay is not None else None
+        optimizer = build_optimizer(
+            self.net, peak_lr, hp.weight_decay, hp.layer_decay, layer_ids, betas=hp.betas, eps=hp.eps
+        )
+        schedule = warmup_cosine(warmup_steps, total_steps, min_ratio=hp.min_lr / hp.lr if hp.lr > 0 else 0.0)
+        rank_zero_info(
+            f"Effective batch {effective_batch}, peak lr {peak_lr:.3g}, {warmup_steps} warm-up steps of {total_steps}"
+        )
+        if warmup_steps > total_steps:
+            rank_zero_warn(
+                f"the warm-up ({warmup_steps} steps) is longer than the run ({total_steps} optimizer steps): the lr "
+                "never reaches its peak; shorten model.init_args.warmup_epochs/warmup_steps"
+            )
+        return {"optimizer": optimizer, "lr_scheduler": per_step(optimizer, schedule)}
+
+    def on_train_start(self) -> None:
+        if self._schedule_info:
+            for logger in self.loggers:
+                logger.log_hyperparams(self._schedule_info)
+
+
+def refuse_another_class_count(
+    module: LightningModule,
+    model_classes: int,
+    model: str,
+    kind: str = "classes",
+    config: str = "model config",
+) -> None:
+    """One sentence when the trainer's DataModule has another class count than the network (``num_classes`` set
+    by hand in a config, or a network built in code for other data); every task calls it in ``setup``.
+
+    Args:
+        model_classes: the network's class count.
+        model: the network's side of the sentence ("the model's head has 10 outputs").
+        kind: what the data's classes are called ("object classes").
+        config: where ``num_classes`` was set.
+    """
+    datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
+    data_classes = getattr(datamodule, "num_classes", None)
+    if data_classes is not None and data_classes != model_classes:
+        raise UserError(
+            f"The data has {data_classes} {kind} but {model}; remove num_classes from the {config} (it follows "
+            f"the data) or set it to {data_classes}."
+        )
+
+
+def created_in_code() -> bool:
+    """True unless LightningCLI is instantiating the module being built (the CLI records the net's config, so
+    ``save_hyperparameters`` keeps it; built in code, the net is an object and is left out). Every task calls it."""
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is None
