@@ -6,13 +6,9 @@ import torch.nn as nn
 
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model
-from convnext_pl.models.backbone import (
-    ConvNeXtBackbone,
-    create_backbone,
-    dense_layer_ids,
-    layer_id_layer_wise,
-    lr_scale,
-)
+from convnext_pl.models.backbone import ConvNeXtBackbone, create_backbone
+from convnext_pl.models.layer_ids import dense_layer_ids, layer_id_layer_wise, lr_scale
+from convnext_pl.weights.dense import load_backbone_weights
 
 
 @pytest.mark.parametrize("name", ["convnext_atto", "convnextv2_atto"])
@@ -51,7 +47,7 @@ def test_imagenet_weights_load_head_and_norm_ignored(tmp_path):
     source = create_model("convnext_atto", num_classes=21841)  # a 22K head: another class count than 1000
     path = tmp_path / "convnext_atto_22k.pth"
     torch.save({"model": source.state_dict()}, path)
-    backbone = create_backbone("convnext_atto", pretrained=path)
+    backbone = load_backbone_weights(create_backbone("convnext_atto"), path)
     assert torch.equal(backbone.stages[3][1].pwconv2.weight, source.stages[3][1].pwconv2.weight)
     assert torch.equal(backbone.downsample_layers[0][0].weight, source.downsample_layers[0][0].weight)
     assert torch.equal(backbone.norm2.weight, torch.ones(160))  # fresh, as in the official code
@@ -61,7 +57,7 @@ def test_wrong_variant_weights_are_one_sentence(tmp_path):
     path = tmp_path / "femto.pth"
     torch.save(create_model("convnext_femto").state_dict(), path)
     with pytest.raises(UserError, match="does not fit"):
-        create_backbone("convnext_atto", pretrained=path)
+        load_backbone_weights(create_backbone("convnext_atto"), path)
 
 
 # The official functions (ConvNeXt object_detection/mmcv_custom/layer_decay_optimizer_constructor.py), as

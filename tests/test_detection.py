@@ -10,14 +10,11 @@ import torch
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import create_backbone
 from convnext_pl.models.flops import count_macs
-from convnext_pl.models.mask_rcnn import (
-    count_detector_macs,
-    create_mask_rcnn,
-    detector_layer_ids,
-    load_detection_checkpoint,
-)
+from convnext_pl.models.layer_ids import detector_layer_ids
+from convnext_pl.models.mask_rcnn import count_detector_macs, create_mask_rcnn
 from convnext_pl.training.optim import build_optimizer
 from convnext_pl.weights.conversions import mmdet_mask_rcnn_to_torchvision, torchvision_mask_rcnn_to_mmdet
+from convnext_pl.weights.dense import load_detection_checkpoint
 
 # A CPU-sized detector: the official structure with narrow heads and few RoIs.
 SMALL = dict(

@@ -9,7 +9,7 @@ from helpers import atto_classifier, quiet_trainer, synthetic_data
 
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model
-from convnext_pl.tasks.classification import ImageClassifier, refuse_another_class_count
+from convnext_pl.tasks.classification import ImageClassifier
 from convnext_pl.training.callbacks import EMA
 
 
@@ -51,23 +51,28 @@ def test_mixup_makes_soft_targets_and_odd_batches_are_refused():
 
 def test_class_count_mismatch_between_data_and_model_is_an_error(tmp_path):
     module = atto_classifier()
-    with pytest.raises(UserError, match="data has 7 classes but the model's head has 10"):
+    with pytest.raises(UserError, match="data has 7 classes but the classification network has 10"):
         quiet_trainer(tmp_path, max_steps=1).fit(module, synthetic_data(num_classes=7))
 
 
-def test_the_class_count_check_every_task_calls_names_both_sides_and_where_to_fix_it():
-    # The dense tasks' wording (segmentation's network holds num_classes; detection counts object classes).
-    module = L.LightningModule()
+def test_the_class_count_check_every_task_inherits_names_both_sides_and_where_to_fix_it():
+    # The base's sentence, in the detector's words (it counts object classes).
+    from convnext_pl.tasks.detection import MaskRCNNDetector
+
+    module = MaskRCNNDetector.__new__(MaskRCNNDetector)
+    L.LightningModule.__init__(module)
+    module.num_classes = 10
     module._trainer = SimpleNamespace(datamodule=SimpleNamespace(num_classes=7))
     with pytest.raises(UserError) as error:
-        refuse_another_class_count(module, 10, "the detector has 10", kind="object classes")
+        module.refuse_another_class_count()
     assert str(error.value) == (
-        "The data has 7 object classes but the detector has 10; remove num_classes from the model config (it "
-        "follows the data) or set it to 7."
+        "The data has 7 object classes but the detection network has 10; remove num_classes from the model's "
+        "net config (it follows the data) or set it to 7."
     )
-    refuse_another_class_count(module, 7, "the detector has 7")  # the same count: nothing to say
+    module.num_classes = 7
+    module.refuse_another_class_count()  # the same count: nothing to say
     module._trainer = SimpleNamespace(datamodule=None)  # fit(model) without a DataModule: nothing to compare
-    refuse_another_class_count(module, 10, "the detector has 10")
+    module.refuse_another_class_count()
 
 
 def test_ema_weights_differ_from_raw_and_both_are_validated(tmp_path):

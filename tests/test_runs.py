@@ -69,13 +69,17 @@ def test_an_earlier_runs_folders_are_not_written_into(tmp_path):
 
 def test_evaluating_needs_trained_weights_unless_untrained_is_asked_for():
     untrained = {"class_path": "convnext_pl.ImageClassifier", "init_args": {"pretrained": None}}
-    in_backbone = {"init_args": {"backbone": {"init_args": {"pretrained": "convnext_tiny.in1k"}}}}
+    # A dense task's ImageNet backbone leaves its heads random: not trained weights of the task.
+    backbone_only = {"init_args": {"pretrained": None, "pretrained_backbone": "convnext_tiny.in1k"}}
+    whole = {"init_args": {"pretrained": "upernet_convnext_tiny.ade20k_160k"}}
     for subcommand in runs.EVALUATING:
         with pytest.raises(UserError, match=f"{subcommand} needs trained weights"):
             runs.check_trained_weights(subcommand, None, Namespace(untrained), allow_untrained=False)
         assert runs.check_trained_weights(subcommand, None, Namespace(untrained), allow_untrained=True)
         assert not runs.check_trained_weights(subcommand, "run.ckpt", untrained, allow_untrained=False)
-        assert not runs.check_trained_weights(subcommand, None, in_backbone, allow_untrained=False)
+        assert not runs.check_trained_weights(subcommand, None, whole, allow_untrained=False)
+        with pytest.raises(UserError, match="pretrained_backbone leaves its heads random"):
+            runs.check_trained_weights(subcommand, None, backbone_only, allow_untrained=False)
     assert not runs.check_trained_weights("fit", None, untrained, allow_untrained=False)
 
 

@@ -40,13 +40,15 @@ def _args(root: Path) -> list[str]:
     ]  # fmt: skip
 
 
+# The fitted run's model settings; a resume gives the same ones (another value would be refused, see below).
+FITTED_MODEL = ["--model.init_args.layer_decay=0.9", "--model.init_args.warmup_steps=0"]
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg")
     # layer decay on: the logged lr of each parameter group shows the official stage-wise scales
-    run_main(
-        ["fit", *_args(root), *CPU, "--model.init_args.layer_decay=0.9", "--model.init_args.warmup_steps=0"]
-    )
+    run_main(["fit", *_args(root), *CPU, *FITTED_MODEL])
     (run,) = (root / "runs" / "segmentation_synthetic").iterdir()
     return root, run
 
@@ -87,7 +89,7 @@ def test_validate_and_predict_from_the_checkpoint(fitted):
 def test_resume_from_last_checkpoint_continues_the_step_count(fitted, capsys):
     root, run = fitted
     ckpt = str(run / "checkpoints" / "last.ckpt")
-    resume = ["fit", *_args(root), *CPU, "--trainer.max_epochs=2", f"--ckpt_path={ckpt}"]
+    resume = ["fit", *_args(root), *CPU, *FITTED_MODEL, "--trainer.max_epochs=2", f"--ckpt_path={ckpt}"]
     # Another batch size and twice the epochs (another poly schedule), refused in one line before a folder is made
     # ...
     before = sorted(run.parent.iterdir())

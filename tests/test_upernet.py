@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from convnext_pl.errors import UserError
-from convnext_pl.models.upernet import create_upernet, load_segmentation_checkpoint
+from convnext_pl.models.upernet import create_upernet
+from convnext_pl.weights.dense import load_segmentation_checkpoint
 
 
 def test_tiny_forward_backward_every_parameter_learns():

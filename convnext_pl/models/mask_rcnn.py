@@ -21,7 +21,6 @@ The differences that remain to mmdet are listed in docs/detection.md.
 """
 
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -35,18 +34,14 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from convnext_pl.errors import UserError
-from convnext_pl.models.backbone import ConvNeXtBackbone, create_backbone, dense_layer_ids
+from convnext_pl.models.backbone import ConvNeXtBackbone, create_backbone
 from convnext_pl.models.registry import DropPathRate
 from convnext_pl.ranges import LeftOpenUnitInterval
-from convnext_pl.weights.conversions import mmdet_mask_rcnn_to_torchvision
-from convnext_pl.weights.loading import load_whole_network
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # mmdet img_norm_cfg mean (123.675, 116.28, 103.53) / 255
 IMAGENET_STD = (0.229, 0.224, 0.225)  # mmdet img_norm_cfg std (58.395, 57.12, 57.375) / 255
 FPN_CHANNELS = 256
 COCO_CLASSES = 80
-MMDET_HEADS = ("neck.", "rpn_head.", "roi_head.")  # keys only an mmdet detector checkpoint has
-BODY_PREFIX = "backbone.body."  # where the ConvNeXt sits in torchvision's naming (mmdet: "backbone.")
 
 
 class ConvNeXtFPN(nn.Module):
@@ -92,8 +87,6 @@ def create_mask_rcnn(
     num_classes: int | None = None,
     masks: bool = True,
     drop_path_rate: DropPathRate = 0.0,
-    pretrained: str | Path | None = None,
-    checkpoint: str | Path | None = None,
     min_size: PositiveInt = 800,
     max_size: PositiveInt = 1333,
     fpn_channels: PositiveInt = FPN_CHANNELS,
@@ -117,10 +110,6 @@ def create_mask_rcnn(
             (torchvision's background class 0). From the CLI it follows the data's categories.
         masks: Mask R-CNN when True, Faster R-CNN (no mask branch) when False.
         drop_path_rate: the backbone's stochastic depth (official Mask R-CNN T: 0.4).
-        pretrained: ImageNet weights for the backbone by catalogue name, URL or path (``create_backbone``); the
-            FPN and heads start from torchvision's initialisation.
-        checkpoint: weights of the whole detector, loaded last (see :func:`load_detection_checkpoint`): the
-            released COCO file by catalogue name (``mask_rcnn_convnext_tiny.coco_3x``), URL or path.
         min_size: shorter side images are resized to in evaluation (official 800).
         max_size: longest side in evaluation (official 1333).
         fpn_channels: FPN, RPN and mask-head channels (official 256).
@@ -141,7 +130,7 @@ def create_mask_rcnn(
             "takes the shorter side to min_size and caps the longer at max_size; give min_size <= max_size"
         )
     num_classes = COCO_CLASSES if num_classes is None else num_classes
-    body = create_backbone(backbone, drop_path_rate=drop_path_rate, pretrained=pretrained, **backbone_options)
+    body = create_backbone(backbone, drop_path_rate=drop_path_rate, **backbone_options)
     heads = dict(
         box_head=TwoMLPHead(fpn_channels * 7 * 7, representation_size),  # 7x7 RoIAlign, two shared FCs
         box_predictor=FastRCNNPredictor(representation_size, num_classes + 1),
@@ -166,52 +155,7 @@ def create_mask_rcnn(
     )
     model.transform = DetectionTransform(min_size, max_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
     model.num_classes = num_classes
-    if checkpoint is not None:
-        load_detection_checkpoint(model, checkpoint)
     return model
-
-
-def load_detection_checkpoint(model: GeneralizedRCNN, source: str | Path) -> GeneralizedRCNN:
-    """Load a whole detector's weights into ``model``: an mmdet 2.x checkpoint (the released
-    ``mask_rcnn_convnext_*`` COCO files, ``{"state_dict": ..., "meta": ...}``, converted with
-    :func:`convnext_pl.weights.conversions.mmdet_mask_rcnn_to_torchvision`), a torchvision-layout state dict, or a
-    Lightning checkpoint of ``MaskRCNNDetector``. Every key must fit in name and shape.
-
-    Args:
-        model: the detector the file was trained as (backbone variant, class count, masks or not).
-        source: a path, a catalogue name or a URL (downloaded once into torch.hub's cache).
-
-    Raises:
-        UserError: the file is missing or unreadable, or does not fit (naming the first key that does not).
-    """
-    return load_whole_network(
-        model,
-        source,
-        "Detection checkpoint",
-        "detector",
-        "build the backbone variant, class count and mask branch (masks) the checkpoint was saved with",
-        convert=to_torchvision_layout,
-    )
-
-
-def to_torchvision_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A detector state dict in torchvision's names: an mmdet one (neck/rpn_head/roi_head keys) converted,
-    any other returned as it is."""
-    if any(key.startswith(MMDET_HEADS) for key in state):
-        return mmdet_mask_rcnn_to_torchvision(state)
-    return state
-
-
-def detector_layer_ids(
-    model: nn.Module, decay_type: str = "layer_wise", num_layers: int = 6
-) -> dict[str, int]:
-    """Official layer id (``mmcv_custom/layer_decay_optimizer_constructor.py``) of every detector parameter.
-
-    The official functions read mmdet names (``backbone.stages.2.4.dwconv.weight``); torchvision puts the
-    ConvNeXt under ``backbone.body.``, so that prefix is read as ``backbone.`` and every other parameter (FPN,
-    RPN, RoI heads) gets ``num_layers + 1``, the full lr. For T, ``num_layers`` is 6 (official 3x config).
-    """
-    return dense_layer_ids(model, decay_type, num_layers, backbone_prefix=BODY_PREFIX)
 
 
 def count_detector_macs(

@@ -11,7 +11,6 @@ are torchvision's ``Conv2dNormActivation`` and ``F.interpolate``.
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -22,7 +21,6 @@ from torchvision.ops.misc import Conv2dNormActivation
 from convnext_pl.models.backbone import ConvNeXtBackbone, create_backbone
 from convnext_pl.models.registry import DropPathRate
 from convnext_pl.ranges import RightOpenUnitInterval
-from convnext_pl.weights.loading import load_whole_network
 
 
 def conv_module(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -183,7 +181,6 @@ def create_upernet(
     backbone: str = "convnext_tiny",
     num_classes: int = 150,
     drop_path_rate: DropPathRate = 0.0,
-    pretrained_backbone: str | None = None,
     channels: PositiveInt = 512,
     aux_channels: PositiveInt = 256,
     pool_scales: Sequence[PositiveInt] = (1, 2, 3, 6),
@@ -196,35 +193,10 @@ def create_upernet(
         backbone: a hierarchical model name (``convnext_tiny``, ``convnextv2_atto``, ...).
         num_classes: output classes.
         drop_path_rate: backbone stochastic depth (0.4 / 0.3 / 0.4 for T / S / B, docs/paper.md §6).
-        pretrained_backbone: ImageNet classification weights for the backbone (see ``create_backbone``).
         channels, aux_channels, pool_scales, dropout_ratio: see :class:`UperNet`.
         **backbone_options: other options of ``create_backbone`` (``layer_scale_init_value``, ``patch_size``...).
     """
-    net = create_backbone(
-        backbone, drop_path_rate=drop_path_rate, pretrained=pretrained_backbone, **backbone_options
-    )
+    net = create_backbone(backbone, drop_path_rate=drop_path_rate, **backbone_options)
     return UperNet(
         net, num_classes, channels, aux_channels, pool_scales=pool_scales, dropout_ratio=dropout_ratio
-    )
-
-
-def load_segmentation_checkpoint(model: UperNet, path: str | Path) -> UperNet:
-    """Load an mmseg-layout checkpoint (the released ADE20K files) or this project's own into ``model``.
-
-    ``path`` is a file, a URL or a released name of the weights catalogue (``upernet_convnext_tiny.ade20k_160k``).
-
-    The released files are ``{"state_dict": {"backbone.*", "decode_head.*", "auxiliary_head.*"}, "meta": ...}``
-    and carry exactly this model's names; a Lightning checkpoint of ``SemanticSegmenter`` (``net.`` prefix)
-    loads too. Every key must match in name and shape.
-
-    Raises:
-        UserError: the file is missing or unreadable, or a key is missing, unexpected or of another shape
-            (the sentence names the first such key).
-    """
-    return load_whole_network(
-        model,
-        path,
-        "Segmentation checkpoint",
-        "model",
-        "build the backbone variant, class count and head widths the checkpoint was saved with",
     )

@@ -1,4 +1,4 @@
-"""The LightningModule: a network plus the paper's optimisation recipe (paper Sec. 3.1 and Table 5, docs/paper.md §4).
+"""Image classification: a network plus the paper's optimisation recipe (paper Sec. 3.1 and Table 5, docs/paper.md §4).
 
 The module receives the network ready-made (in YAML: ``net: {class_path: convnext_pl.models.create_model, ...}``)
 and never builds data. Code defaults are neutral (no Mixup, no layer decay, no lr scaling); the recipe numbers
@@ -15,7 +15,6 @@ from jsonargparse.typing import (
     PositiveFloat,
     PositiveInt,
 )
-from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from timm.data import Mixup
 from torchmetrics import MetricCollection
@@ -23,6 +22,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from convnext_pl.errors import UserError
 from convnext_pl.ranges import LeftOpenUnitInterval, RightOpenUnitInterval
+from convnext_pl.tasks.base import TaskModule, created_in_code
+from convnext_pl.training.callbacks import TopKPredictionWriter
 from convnext_pl.training.optim import (
     build_optimizer,
     effective_batch_size,
@@ -31,7 +32,6 @@ from convnext_pl.training.optim import (
     warmup_cosine,
 )
 from convnext_pl.training.parallel import ShardUnit, fully_shard_network
-from convnext_pl.training.resume import ResumableSchedule, refuse_a_checkpoint_that_does_not_fit
 
 # Ranges declared on the options, so the command line refuses a value outside them in one line, naming the
 # option, before anything runs (jsonargparse checks these types; Python callers pass plain numbers).
@@ -48,7 +48,7 @@ def _accuracy_metrics(num_classes: int) -> MetricCollection:
     )
 
 
-class ImageClassifier(ResumableSchedule, LightningModule):
+class ImageClassifier(TaskModule):
     """Image classification with the ConvNeXt training recipe.
 
     Args:
@@ -102,17 +102,19 @@ class ImageClassifier(ResumableSchedule, LightningModule):
         grad_checkpointing: bool = False,
         shard_unit: ShardUnit = "block",
     ):
-        super().__init__()
+        super().__init__(
+            net,
+            pretrained=pretrained,
+            channels_last=channels_last,
+            compile=compile,
+            grad_checkpointing=grad_checkpointing,
+        )
         if min_lr > lr:  # a relation, which types cannot say
             raise UserError(
                 f"model.init_args.min_lr {min_lr} is above model.init_args.lr {lr}: the cosine decay would climb; "
                 "give a min_lr <= lr"
             )
         self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
-        self.net = net
-        self.num_classes = net.num_classes
-        if grad_checkpointing:
-            net.set_grad_checkpointing(True)
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             # timm's Mixup mixes images and builds the smoothed soft targets in one place (official recipe).
@@ -129,34 +131,26 @@ class ImageClassifier(ResumableSchedule, LightningModule):
         self.val_metrics["val_ema"] = _accuracy_metrics(self.num_classes)
         self.test_metrics = _accuracy_metrics(self.num_classes)
 
+    task_name = "classification"
+    monitor = "val/acc1"
+
     # ----------------------------------------------------------------------------------------------- set-up
-    def setup(self, stage: str) -> None:
-        refuse_another_class_count(self, self.num_classes, f"the model's head has {self.num_classes} outputs")
-        self._load_pretrained(stage)
-
-    def _load_pretrained(self, stage: str) -> None:
-        """Load ``pretrained`` once, in any stage, unless ``--ckpt_path`` restores the weights anyway.
-
-        Fitting replaces a head of another class count; validate/test/predict evaluate the file as it is, so there
-        a head that does not fit the data (a 22K head on 1K data) is refused. ``hparams.pretrained`` set means
-        the network holds trained weights (the check that refuses evaluating random weights reads it).
-        """
-        if not self.hparams.pretrained or getattr(self, "_pretrained_loaded", False):
-            return
-        if self._trainer is not None and self.trainer.ckpt_path:
-            return  # the checkpoint's weights replace these right after setup: do not download them for nothing
-        # Imported here: pretrained.py (and the catalogue) is only needed when starting from released weights.
+    def load_task_weights(self, source: str, stage: str) -> None:
+        """Fitting replaces a head of another class count; validate/test/predict evaluate the file as it is, so
+        there a head that does not fit the data (a 22K head on 1K data) is refused. Released weights are
+        evaluated with their own transform."""
         from convnext_pl.weights.catalogue import CATALOGUE
         from convnext_pl.weights.loading import load_pretrained
 
-        load_pretrained(self.net, self.hparams.pretrained, replace_head=stage == "fit")
-        self._pretrained_loaded = True
-        self.pretrained_entry = CATALOGUE.get(str(self.hparams.pretrained))
-        rank_zero_info(f"Loaded pretrained weights from {self.hparams.pretrained}")
-        if stage != "fit" and self.pretrained_entry is not None:
-            self._use_the_entrys_eval_transform(stage)
+        load_pretrained(self.net, source, replace_head=stage == "fit")
+        entry = CATALOGUE.get(source)
+        if stage != "fit" and entry is not None:
+            self._use_the_entrys_eval_transform(entry, stage)
 
-    def _use_the_entrys_eval_transform(self, stage: str) -> None:
+    def prediction_writer(self) -> TopKPredictionWriter:
+        return TopKPredictionWriter()
+
+    def _use_the_entrys_eval_transform(self, entry, stage: str) -> None:
         """Evaluate released weights at their own resolution and crop (docs/paper.md §4: crop 0.875 below 384,
         squash at 384 and above), as their reported figure was measured.
 
@@ -164,7 +158,7 @@ class ImageClassifier(ResumableSchedule, LightningModule):
         ``crop_pct`` whose values differ is given the entry's and set up again (its transforms are built there).
         To evaluate at another resolution, pass the file's path or URL instead of its name.
         """
-        entry, datamodule = self.pretrained_entry, getattr(self.trainer, "datamodule", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
         wanted = {"image_size": entry.image_size, "crop_pct": entry.crop_pct}
         if datamodule is None or not all(hasattr(datamodule, key) for key in wanted):
             return
@@ -199,21 +193,8 @@ class ImageClassifier(ResumableSchedule, LightningModule):
             f"{100 * float(metrics[f'{prefix}/acc5']):.2f}; the source reports top-1 {source}"
         )
 
-    def configure_model(self) -> None:
-        if self.hparams.channels_last:
-            self.net.to(memory_format=torch.channels_last)
-        if self.device_mesh is not None:  # only ModelParallelStrategy sets a mesh: shard with FSDP2
-            fully_shard_network(self.net, self.device_mesh, self.hparams.shard_unit)
-        if self.hparams.compile and not getattr(self, "_compiled", False):
-            self.net.compile()  # in place: parameter names (and checkpoint keys) do not gain `_orig_mod.`
-            self._compiled = True
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Called before the weights are loaded. load_state_dict would list every mismatch at once; a checkpoint
-        # of another model or class count (a --ckpt_path of another run, a changed config) gets one sentence.
-        self._pretrained_loaded = True  # the checkpoint's weights, not `pretrained`, are the ones to keep
-        refuse_a_checkpoint_that_does_not_fit(self, checkpoint)
-        self.remember_saved_schedule(checkpoint)
+    def shard(self, device_mesh) -> None:
+        fully_shard_network(self.net, device_mesh, self.hparams.shard_unit)
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -310,41 +291,3 @@ class ImageClassifier(ResumableSchedule, LightningModule):
                 "never reaches its peak; shorten model.init_args.warmup_epochs/warmup_steps"
             )
         return {"optimizer": optimizer, "lr_scheduler": per_step(optimizer, schedule)}
-
-    def on_train_start(self) -> None:
-        if self._schedule_info:
-            for logger in self.loggers:
-                logger.log_hyperparams(self._schedule_info)
-
-
-def refuse_another_class_count(
-    module: LightningModule,
-    model_classes: int,
-    model: str,
-    kind: str = "classes",
-    config: str = "model config",
-) -> None:
-    """One sentence when the trainer's DataModule has another class count than the network (``num_classes`` set
-    by hand in a config, or a network built in code for other data); every task calls it in ``setup``.
-
-    Args:
-        model_classes: the network's class count.
-        model: the network's side of the sentence ("the model's head has 10 outputs").
-        kind: what the data's classes are called ("object classes").
-        config: where ``num_classes`` was set.
-    """
-    datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
-    data_classes = getattr(datamodule, "num_classes", None)
-    if data_classes is not None and data_classes != model_classes:
-        raise UserError(
-            f"The data has {data_classes} {kind} but {model}; remove num_classes from the {config} (it follows "
-            f"the data) or set it to {data_classes}."
-        )
-
-
-def created_in_code() -> bool:
-    """True unless LightningCLI is instantiating the module being built (the CLI records the net's config, so
-    ``save_hyperparameters`` keeps it; built in code, the net is an object and is left out). Every task calls it."""
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-    return _given_hyperparameters.get() is None

@@ -22,7 +22,6 @@ from jsonargparse.typing import (
     PositiveFloat,
     PositiveInt,
 )
-from lightning import LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.detection import MeanAveragePrecision
@@ -30,10 +29,9 @@ from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from convnext_pl.errors import UserError
-from convnext_pl.models.backbone import DECAY_TYPES
-from convnext_pl.models.mask_rcnn import detector_layer_ids
+from convnext_pl.models.layer_ids import DECAY_TYPES, detector_layer_ids
 from convnext_pl.ranges import LeftOpenUnitInterval
-from convnext_pl.tasks.classification import created_in_code, refuse_another_class_count
+from convnext_pl.tasks.base import TaskModule, created_in_code
 from convnext_pl.training.optim import (
     build_optimizer,
     effective_batch_size,
@@ -41,7 +39,6 @@ from convnext_pl.training.optim import (
     scaled_lr,
     warmup_multistep,
 )
-from convnext_pl.training.resume import ResumableSchedule, refuse_a_checkpoint_that_does_not_fit
 
 # torchmetrics' result names -> the COCO names logged (and printed by the CLI).
 COCO_METRICS = {
@@ -55,7 +52,7 @@ COCO_METRICS = {
 IOU_TYPES = {"bbox": "box", "segm": "mask"}
 
 
-class MaskRCNNDetector(ResumableSchedule, LightningModule):
+class MaskRCNNDetector(TaskModule):
     """Mask R-CNN / Faster R-CNN training, COCO evaluation and prediction.
 
     Args:
@@ -75,6 +72,13 @@ class MaskRCNNDetector(ResumableSchedule, LightningModule):
         mask_threshold: mask probability above which a pixel belongs to the instance (mmdet 0.5).
         draw_images: images ``predict`` draws detections on.
         draw_score_threshold: detections drawn have at least this score.
+        pretrained: the whole detector's weights: the released COCO file by name
+            (``mask_rcnn_convnext_tiny.coco_3x``, mmdet layout, converted on load), a URL or a file (also this
+            project's checkpoints), loaded in any stage.
+        pretrained_backbone: ImageNet weights for the backbone (``convnext_tiny.in1k``, a URL or a file), loaded
+            when fitting starts without ``pretrained``; FPN and heads start from torchvision's initialisation.
+        channels_last, compile, grad_checkpointing: see :class:`~convnext_pl.tasks.base.TaskModule` (``compile``
+            compiles the backbone and FPN).
     """
 
     def __init__(
@@ -94,27 +98,48 @@ class MaskRCNNDetector(ResumableSchedule, LightningModule):
         mask_threshold: OpenUnitInterval = 0.5,
         draw_images: NonNegativeInt = 8,
         draw_score_threshold: ClosedUnitInterval = 0.5,
+        pretrained: str | None = None,
+        pretrained_backbone: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        grad_checkpointing: bool = False,
     ):
-        super().__init__()
+        super().__init__(
+            net,
+            pretrained=pretrained,
+            pretrained_backbone=pretrained_backbone,
+            channels_last=channels_last,
+            compile=compile,
+            grad_checkpointing=grad_checkpointing,
+        )
         if decay_type not in DECAY_TYPES:  # else refused only when the optimizer is built, in a run folder
             raise UserError(
                 f"model.init_args.decay_type '{decay_type}' is unknown; use one of {', '.join(DECAY_TYPES)}"
             )
         self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
-        self.net = net
         self.has_masks = net.roi_heads.has_mask()
         iou_types = ("bbox", "segm") if self.has_masks else ("bbox",)
         self.val_map = MeanAveragePrecision(iou_type=iou_types, backend="pycocotools")
         self.test_map = MeanAveragePrecision(iou_type=iou_types, backend="pycocotools")
         self._drawn = 0
 
-    def setup(self, stage: str) -> None:
-        n = self.net.num_classes
-        refuse_another_class_count(self, n, f"the detector has {n}", kind="object classes")
+    task_name = "detection"
+    monitor = "val/box_AP"
+    class_kind = "object classes"
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        refuse_a_checkpoint_that_does_not_fit(self, checkpoint, what="detector")
-        self.remember_saved_schedule(checkpoint)
+    def backbone_module(self) -> nn.Module:
+        return self.net.backbone.body  # torchvision's name for the ConvNeXt under the FPN
+
+    def compiled_module(self) -> nn.Module:
+        return self.net.backbone  # ConvNeXt + FPN; the RPN and RoI heads have data-dependent shapes
+
+    def load_task_weights(self, source: str, stage: str) -> None:
+        from convnext_pl.weights.dense import load_detection_checkpoint
+
+        load_detection_checkpoint(self.net, source)
+
+    def prediction_writer(self) -> "DetectionWriter":
+        return DetectionWriter()
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, images: list[torch.Tensor]) -> list[dict]:
@@ -201,9 +226,6 @@ class MaskRCNNDetector(ResumableSchedule, LightningModule):
 
     def on_predict_epoch_start(self) -> None:
         self._drawn = 0
-
-    def configure_callbacks(self):
-        return [DetectionWriter()]
 
     # -------------------------------------------------------------------------------------------- optimizer
     def lr_schedule_settings(self) -> dict[str, int | float | list[int]]:

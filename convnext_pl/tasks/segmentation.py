@@ -21,20 +21,19 @@ from jsonargparse.typing import (
     PositiveFloat,
     PositiveInt,
 )
-from lightning import LightningModule
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from convnext_pl.data.segmentation.transforms import IGNORE_INDEX
 from convnext_pl.errors import UserError
-from convnext_pl.models.backbone import DECAY_TYPES, dense_layer_ids
+from convnext_pl.models.layer_ids import DECAY_TYPES, dense_layer_ids
 from convnext_pl.models.upernet import resize
 from convnext_pl.ranges import LeftOpenUnitInterval
-from convnext_pl.tasks.classification import created_in_code, refuse_another_class_count
+from convnext_pl.tasks.base import TaskModule, created_in_code, relative_output_path
 from convnext_pl.tasks.segmentation_inference import InferenceMode, segment
 from convnext_pl.training.optim import build_optimizer, effective_batch_size, per_step, scaled_lr, warmup_poly
-from convnext_pl.training.resume import ResumableSchedule, refuse_a_checkpoint_that_does_not_fit
 
 
 def palette(num_classes: int) -> list[int]:
@@ -45,7 +44,7 @@ def palette(num_classes: int) -> list[int]:
     return colours[: max(num_classes, IGNORE_INDEX + 1)].flatten().tolist()
 
 
-class SemanticSegmenter(ResumableSchedule, LightningModule):
+class SemanticSegmenter(TaskModule):
     """Semantic segmentation with the official UperNet recipe.
 
     Args:
@@ -60,18 +59,20 @@ class SemanticSegmenter(ResumableSchedule, LightningModule):
         poly_power: exponent of the poly decay to ``min_lr`` (official 1.0).
         min_lr: final lr (official 0).
         layer_decay: lr decay per layer id (official 0.9); None: off.
-        decay_type: "stage_wise" (official for T) or "layer_wise" (S, B and larger).
-        num_layers: the official ``num_layers`` (6 stage-wise, 12 layer-wise).
+        decay_type: "stage_wise" (the official ADE20K configs of every size) or "layer_wise".
+        num_layers: the official ``num_layers`` (6 for T, 12 for S and larger).
         aux_weight: weight of the auxiliary head's loss (official 0.4).
         inference: "whole" or "slide" (official ADE20K evaluation: slide, crop 512, stride 341).
         slide_crop: sliding-window size (H, W).
         slide_stride: sliding-window stride (H, W).
         test_scales: ratios of the evaluation scale (official multi-scale: 0.5, 0.75, ..., 1.75; single: 1.0).
         flip: also segment the mirrored image and average (official "ms+flip").
-        pretrained: a whole segmentation checkpoint (a released ADE20K file in mmseg layout, or this project's),
-            loaded before any stage.
+        pretrained: a whole segmentation checkpoint (a released ADE20K name such as
+            ``upernet_convnext_tiny.ade20k_160k``, a URL or a file in mmseg layout, or this project's), loaded in
+            any stage.
         pretrained_backbone: ImageNet weights for the backbone (a released name such as ``convnext_tiny.in1k``,
             a URL or a file), loaded when fitting starts without ``pretrained``; the heads start fresh.
+        channels_last, compile, grad_checkpointing: see :class:`~convnext_pl.tasks.base.TaskModule`.
     """
 
     def __init__(
@@ -96,28 +97,46 @@ class SemanticSegmenter(ResumableSchedule, LightningModule):
         flip: bool = False,
         pretrained: str | None = None,
         pretrained_backbone: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        grad_checkpointing: bool = False,
     ):
-        super().__init__()
+        super().__init__(
+            net,
+            pretrained=pretrained,
+            pretrained_backbone=pretrained_backbone,
+            channels_last=channels_last,
+            compile=compile,
+            grad_checkpointing=grad_checkpointing,
+        )
         if decay_type not in DECAY_TYPES:
             raise UserError(
                 f"model.init_args.decay_type '{decay_type}' is unknown; use one of {', '.join(DECAY_TYPES)}"
             )
         _check_relations(lr, min_lr, slide_crop, slide_stride, test_scales)
         self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
-        self.net = net
-        self.num_classes = net.num_classes
         self.confusion = nn.ModuleDict(
             {
                 split: MulticlassConfusionMatrix(self.num_classes, ignore_index=IGNORE_INDEX)
                 for split in ("val", "test")
             }
         )
-        self._pretrained_loaded = False
+
+    task_name = "segmentation"
+    monitor = "val/mIoU"
+
+    def backbone_module(self) -> nn.Module:
+        return self.net.backbone
+
+    def load_task_weights(self, source: str, stage: str) -> None:
+        from convnext_pl.weights.dense import load_segmentation_checkpoint
+
+        load_segmentation_checkpoint(self.net, source)
+
+    def prediction_writer(self) -> BasePredictionWriter:
+        return MaskWriter()
 
     def setup(self, stage: str) -> None:
-        refuse_another_class_count(
-            self, self.num_classes, f"the model has {self.num_classes} outputs", config="model's net config"
-        )
         strategy = self.trainer.strategy if self._trainer is not None else None
         if stage == "fit" and getattr(strategy, "_layer_sync", None) and strategy.root_device.type == "cpu":
             # torch's DDP refuses SyncBatchNorm on CPU processes with a message about "GPU modules".
@@ -125,24 +144,7 @@ class SemanticSegmenter(ResumableSchedule, LightningModule):
                 "trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on CPU processes); "
                 "set trainer.sync_batchnorm false on the CPU."
             )
-        if stage == "fit" and self.hparams.pretrained_backbone and not self.hparams.pretrained:
-            from convnext_pl.models.backbone import load_backbone_weights
-
-            load_backbone_weights(self.net.backbone, self.hparams.pretrained_backbone)
-            rank_zero_info(f"Loaded backbone weights from {self.hparams.pretrained_backbone}")
-        if self.hparams.pretrained and not self._pretrained_loaded:
-            from convnext_pl.models.upernet import load_segmentation_checkpoint
-
-            load_segmentation_checkpoint(self.net, self.hparams.pretrained)
-            self._pretrained_loaded = True
-            rank_zero_info(f"Loaded segmentation weights from {self.hparams.pretrained}")
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Before the weights load: a checkpoint of another backbone or class count is one sentence, not the
-        # list load_state_dict prints; its weights, not `pretrained`, are the ones to keep.
-        self._pretrained_loaded = True
-        refuse_a_checkpoint_that_does_not_fit(self, checkpoint)
-        self.remember_saved_schedule(checkpoint)
+        super().setup(stage)
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -199,27 +201,15 @@ class SemanticSegmenter(ResumableSchedule, LightningModule):
             if value == value:  # NaN: the class is absent from the labels and its prediction (mmseg skips it)
                 self.log(f"{split}/IoU/{name}", value * 100)
 
-    def predict_step(self, batch, batch_idx: int) -> list[str]:
+    def predict_step(self, batch, batch_idx: int) -> dict:
+        """Class-index masks at each image's own size, with the images' paths (:class:`MaskWriter` saves them)."""
         images, paths, sizes = batch
         probs = self(images)
-        folder = self._masks_folder()
-        folder.mkdir(parents=True, exist_ok=True)
-        written = []
-        for prob, path, size in zip(probs, paths, sizes, strict=True):
-            mask = resize(prob[None], size)[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
-            image = Image.fromarray(mask, mode="L").convert("P")
-            image.putpalette(palette(self.num_classes))  # class index per pixel, shown in its colour
-            target = folder / f"{Path(path).stem}.png"
-            image.save(target)
-            written.append(str(target))
-        return written
-
-    def on_predict_epoch_end(self) -> None:
-        rank_zero_info(f"Wrote colour masks (class index per pixel, PNG palette) to {self._masks_folder()}")
-
-    def _masks_folder(self) -> Path:
-        # The run's own folder: a new version_N each time, so no earlier output is ever overwritten.
-        return Path(self.trainer.log_dir or ".") / "masks"
+        masks = [
+            resize(prob[None], size)[0].argmax(dim=0).to(torch.uint8).cpu()
+            for prob, size in zip(probs, sizes, strict=True)
+        ]
+        return {"paths": list(paths), "masks": masks}
 
     # -------------------------------------------------------------------------------------------- optimizer
     def lr_schedule_settings(self) -> dict[str, int | float]:
@@ -280,3 +270,41 @@ def _check_relations(lr, min_lr, slide_crop, slide_stride, test_scales) -> None:
         )
     if not test_scales:
         raise UserError("model.init_args.test_scales is empty; give at least one scale, e.g. [1.0]")
+
+
+class MaskWriter(BasePredictionWriter):
+    """Writes ``predict`` masks of :class:`SemanticSegmenter` as palette PNGs (class index per pixel, shown in its
+    colour) under ``masks/`` of the run's folder (a new ``version_N`` each run: nothing earlier is overwritten),
+    each at its image's path relative to ``data.init_args.predict_dir``: ``a/img.jpg`` -> ``masks/a/img.png``.
+
+    Args:
+        output_dir: the folder (default: ``masks`` in the run's log directory).
+    """
+
+    def __init__(self, output_dir: str | None = None):
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.written = 0
+
+    def _folder(self, trainer) -> Path:
+        return Path(self.output_dir or Path(trainer.log_dir or ".") / "masks")
+
+    def on_predict_epoch_start(self, trainer, pl_module) -> None:
+        self.written = 0
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ):
+        root = getattr(trainer.datamodule, "predict_dir", None)
+        for path, mask in zip(prediction["paths"], prediction["masks"], strict=True):
+            target = self._folder(trainer) / relative_output_path(path, root, ".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image = Image.fromarray(mask.numpy(), mode="L").convert("P")
+            image.putpalette(palette(pl_module.num_classes))
+            image.save(target)
+            self.written += 1
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        rank_zero_info(
+            f"Wrote {self.written} colour masks (class index per pixel, PNG palette) to {self._folder(trainer)}"
+        )

@@ -210,3 +210,20 @@ def find_last_checkpoint(run_dir: str | Path) -> Path | None:
     pattern = os.path.join(glob.escape(str(run_dir)), "version_*", "checkpoints", "last*.ckpt")
     candidates = [Path(p) for p in glob.glob(pattern)]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def checkpoint_filename(monitor: str) -> str:
+    """The best checkpoint's file name for ``monitor``: ``epoch{epoch:03d}-acc1_{val/acc1:.4f}`` for ``val/acc1``
+    (the metric's last path part and its value), so a file name never shows another task's metric."""
+    return "epoch{epoch:03d}-" + monitor.rsplit("/", 1)[-1] + "_{" + monitor + ":.4f}"
+
+
+def task_checkpoint_defaults(task_class: type, checkpoint_config) -> None:
+    """Fill the checkpoint callback's unset ``monitor`` (and its ``mode``) with the task's
+    (``TaskModule.monitor``), and an unset ``filename`` with :func:`checkpoint_filename` of the monitor."""
+    monitor = getattr(task_class, "monitor", None)
+    if checkpoint_config.get("monitor") is None and monitor is not None:
+        checkpoint_config.monitor = monitor
+        checkpoint_config.mode = getattr(task_class, "monitor_mode", "max")
+    if checkpoint_config.get("filename") is None and checkpoint_config.get("monitor"):
+        checkpoint_config.filename = checkpoint_filename(checkpoint_config.monitor)

@@ -27,14 +27,19 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from convnext_pl.errors import PARSER_HINT, UserError, exit_with_error, one_line_errors, parser_error_line
+from convnext_pl.tasks.base import refuse_another_tasks_checkpoint
 from convnext_pl.tasks.classification import ImageClassifier
 from convnext_pl.training import runs
-from convnext_pl.training.callbacks import TopKPredictionWriter
 from convnext_pl.training.checkpoint_io import AtomicCheckpointIO, checkpoint_load_error
-from convnext_pl.training.checkpointing import ResumableCheckpoint, keep_best_per_weights
+from convnext_pl.training.checkpointing import (
+    ResumableCheckpoint,
+    keep_best_per_weights,
+    task_checkpoint_defaults,
+)
 from convnext_pl.training.guards import NonFiniteLossGuard
 from convnext_pl.training.parallel import refuse_what_this_machine_cannot_run
 from convnext_pl.training.progress import LogLineProgress, TerminalProgress
+from convnext_pl.training.resume import changed_model_values
 from convnext_pl.training.seeding import StepSeeding
 
 # Options declared with jsonargparse's range types (PositiveInt, OpenUnitInterval, ...) parse into int/float
@@ -80,7 +85,8 @@ class ConvNeXtCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"] = {
             "default_root_dir": "runs",
-            "callbacks": [LearningRateMonitor(logging_interval="step"), TopKPredictionWriter()],
+            # Each task installs its own predictions writer (TaskModule.prediction_writer).
+            "callbacks": [LearningRateMonitor(logging_interval="step")],
             **kwargs["trainer_defaults"],
         }
         super().__init__(
@@ -124,10 +130,11 @@ class ConvNeXtCLI(LightningCLI):
         parser.add_lightning_class_args(StepSeeding, "step_seeding")
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val/acc1",
+                # monitor, mode and filename: the task's (TaskModule.monitor), unless a config sets them.
+                "checkpoint.monitor": None,
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
-                "checkpoint.filename": "epoch{epoch:03d}-acc1_{val/acc1:.4f}",
+                "checkpoint.filename": None,
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
@@ -135,6 +142,7 @@ class ConvNeXtCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         self._link_num_classes(config)
+        task_checkpoint_defaults(_import_class(config.model.class_path), config.checkpoint)
         self._run_name = runs.run_name(config)
 
     def _link_num_classes(self, config) -> None:
@@ -149,8 +157,7 @@ class ConvNeXtCLI(LightningCLI):
         if net is None or data is None or "num_classes" not in (net.get("init_args") or {}):
             return
         # A DataModule's __init__ touches no disk, so building one here only to read num_classes is cheap.
-        module_name, _, class_name = data.class_path.rpartition(".")
-        data_class = getattr(importlib.import_module(module_name), class_name)
+        data_class = _import_class(data.class_path)
         data_classes = getattr(data_class(**data.init_args.as_dict()), "num_classes", None)
         written = net.init_args.num_classes
         if data_classes is None:
@@ -187,16 +194,42 @@ class ConvNeXtCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI loads --ckpt_path here (torch.load, weights_only=True) to take the model's hyperparameters
-        # from the checkpoint: the first place a refused or damaged file shows.
+        # from the checkpoint: the first place a refused or damaged file shows, another task's checkpoint is
+        # refused, and a value of the command line that the checkpoint's would replace is named.
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        given = None
         try:
+            if path and Path(path).is_file():
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                refuse_another_tasks_checkpoint(
+                    _import_class(self.config[subcommand].model.class_path), checkpoint, path
+                )
+                given = self.config[subcommand].model.clone()
             super()._parse_ckpt_path()
         except (pickle.UnpicklingError, RuntimeError) as err:
             user_error = checkpoint_load_error(path, err)
             if user_error is None:
                 raise
             raise user_error from err
+        if given is not None:
+            self._keep_or_refuse_given_values(subcommand, path, given)
+
+    def _keep_or_refuse_given_values(self, subcommand: str, path: str, given) -> None:
+        """A resume (``fit``) whose command line sets a model value other than the checkpoint's is refused in one
+        line naming it, or with ``--accept_changed_settings true`` resumes with the given values, listed.
+        ``validate``/``test``/``predict`` evaluate with the given values (``test_scales``, ``flip`` ...), listed."""
+        changes = changed_model_values(given, self.config[subcommand].model)
+        if not changes:
+            return
+        if subcommand == "fit" and not self.config[subcommand].get("accept_changed_settings"):
+            raise UserError(
+                f"resuming {path} with model settings other than the checkpoint's: {', '.join(changes)}; give "
+                "the checkpoint's values (its run's config.yaml), or pass --accept_changed_settings true to "
+                "resume with the given ones"
+            )
+        self.config[subcommand].model = given
+        rank_zero_info(f"Using the given model settings over the checkpoint's: {', '.join(changes)}")
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -258,6 +291,11 @@ class ConvNeXtCLI(LightningCLI):
             lines.append(f"Last checkpoint:  {trainer.checkpoint_callback.last_model_path or '-'}")
         lines.append(f"Logs and config:  {log_dir}")
         print("\n".join(lines), flush=True)
+
+
+def _import_class(class_path: str) -> type:
+    module_name, _, class_name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def _check_image_size(model, datamodule) -> None:

@@ -158,3 +158,27 @@ def refuse_a_changed_resume(trainer: pl.Trainer, module: pl.LightningModule, ckp
         schedule_settings(trainer, **settings()),
         getattr(module, "accept_changed_settings", False),
     )
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: list(value) if isinstance(value, tuple) else value}
+
+
+def changed_model_values(given: Any, restored: Any) -> list[str]:
+    """The model settings a checkpoint's hyperparameters replace in this run's config, as
+    ``"model.init_args.lr 0.001 -> 1000000.0"`` (checkpoint's -> given). LightningCLI restores a ``--ckpt_path``'s
+    hyperparameters over the command line's; a value the command line left unset (None, e.g. the network's
+    ``num_classes``, which follows the data) is not a change."""
+    before, after = _flatten(given), _flatten(restored)
+    return [
+        f"model.{key} {_shown(after[key])} -> {_shown(value)}"
+        for key, value in before.items()
+        if value is not None and key in after and _differs(after[key], value)
+    ]

@@ -171,15 +171,14 @@ def default_loggers(root: str | Path, name: str) -> list[Logger]:
 
 
 def names_trained_weights(model_config) -> bool:
-    """Whether the model config names weights to start from: a ``pretrained`` value at any depth (the task's, or
-    its network's or backbone's)."""
+    """Whether the model config names the task's whole weights (``model.init_args.pretrained``): a dense task's
+    ``pretrained_backbone`` alone leaves its heads random, so it does not count."""
     if hasattr(model_config, "as_dict"):
         model_config = model_config.as_dict()
-    if isinstance(model_config, dict):
-        if model_config.get("pretrained"):
-            return True
-        return any(names_trained_weights(value) for value in model_config.values())
-    return False
+    if not isinstance(model_config, dict):
+        return False
+    init_args = model_config.get("init_args", model_config) or {}
+    return bool(init_args.get("pretrained"))
 
 
 def check_trained_weights(
@@ -192,5 +191,6 @@ def check_trained_weights(
         return True
     raise UserError(
         f"{subcommand} needs trained weights: give --ckpt_path <run>/checkpoints/last.ckpt (or 'last') or "
-        "--model.pretrained <released name or file>; --allow_untrained evaluates a random network on purpose"
+        "--model.pretrained <released name or file> (the whole task's weights; a dense task's pretrained_backbone "
+        "leaves its heads random); --allow_untrained evaluates a random network on purpose"
     )
