@@ -29,8 +29,8 @@ demo-det: install ## Train Mask R-CNN + ConvNeXt-atto on the offline synthetic s
 	$(PY) main.py fit --config configs/experiment/coco_shapes_mask_rcnn.yaml
 
 # pytest-xdist workers (one per core of the 2-core reference machine); TEST_JOBS=0 runs in one process.
-# --dist loadgroup keeps each module marked xdist_group (one that trains a shared run in a module or session
-# fixture) on one worker, so that run is trained once; other tests go to whichever worker is free.
+# --dist loadgroup keeps the tests that share a run (a session or module fixture: tests/conftest.py, _shared_run_group)
+# on one worker, so that run is trained once; other tests go to whichever worker is free.
 TEST_JOBS ?= 2
 XDIST = $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadgroup)
 

@@ -1,5 +1,6 @@
 """Shared test fixtures: CPU only, no network, deterministic seeds, GPU tests skipped without CUDA."""
 
+import inspect
 import os
 from pathlib import Path
 
@@ -22,7 +23,41 @@ from convnext_pl.export.formats import export  # noqa: E402
 from convnext_pl.training.cli import cli_main  # noqa: E402
 
 
+def _shared_run_group(item) -> str | None:
+    """The xdist group of a test that uses a shared run: a session- or module-scoped fixture of this suite that
+    returns a value (a generator fixture such as ``one_torch_thread`` only sets something up). Its users go to one
+    worker of `make test` (``--dist loadgroup``), so the run is made once; a fixture built on another
+    (``digits_onnx`` on ``digits_ckpt``) groups with the one it builds on."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    shared = {}
+    for name in item.fixturenames:
+        definitions = info.name2fixturedefs.get(name)
+        if not definitions:
+            continue
+        fixture = definitions[-1]
+        tests_dir = str(Path(__file__).parent)
+        if (
+            fixture.scope in ("session", "module")
+            and not inspect.isgeneratorfunction(fixture.func)
+            and str(getattr(fixture.func, "__code__", None) and fixture.func.__code__.co_filename).startswith(
+                tests_dir
+            )
+        ):
+            shared[name] = fixture
+    if not shared:
+        return None
+    used_by_others = {arg for fixture in shared.values() for arg in fixture.argnames}
+    name = sorted(shared, key=lambda n: (n not in used_by_others, n))[0]
+    return name if shared[name].scope == "session" else f"{item.module.__name__}::{name}"
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = _shared_run_group(item)
+        if group is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
@@ -42,7 +77,7 @@ def digits_ckpt(tmp_path_factory) -> Path:
     """last.ckpt of a three-step digits run with EMA (decay 0.5, so EMA and raw weights clearly differ) and a
     checkpoint every step: every piece of state the project adds to a checkpoint, trained once per session.
 
-    Tests that use it carry ``pytest.mark.xdist_group("digits_run")``, so `make test` trains it on one worker.
+    Its users share one worker of `make test` (``_shared_run_group``), so it is trained once.
     """
     root = tmp_path_factory.mktemp("digits_run")
     run = [
@@ -61,7 +96,7 @@ def digits_ckpt(tmp_path_factory) -> Path:
 def digits_onnx(digits_ckpt, tmp_path_factory) -> Path:
     """``digits_ckpt`` exported with ``python -m convnext_pl.export --format onnx`` (seconds), once per session.
 
-    Tests that use it carry ``pytest.mark.xdist_group("digits_run")``, as for ``digits_ckpt``.
+    Its users go to ``digits_ckpt``'s worker (``_shared_run_group``).
     """
     return export(digits_ckpt, "onnx", tmp_path_factory.mktemp("digits_onnx") / "digits.onnx")
 
@@ -71,7 +106,7 @@ def demo_run(tmp_path_factory):
     """``python main.py fit --config configs/experiment/digits.yaml``, what `make demo` runs (12 epochs), once per
     session: ``(root, result)`` with the run's ``--trainer.default_root_dir`` and its ``CompletedProcess``.
 
-    Tests that use it carry ``pytest.mark.xdist_group("demo_run")``, so `make test` trains it on one worker.
+    Its users share one worker of `make test` (``_shared_run_group``), so it is trained once.
     """
     root = tmp_path_factory.mktemp("demo")
     return root, run_main(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(root)], timeout=600)

@@ -207,7 +207,6 @@ def test_resuming_from_last_continues_after_the_final_step_not_after_the_best_ep
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("demo_run")
 def test_make_demo_ends_with_last_ckpt_at_the_final_step(demo_run):
     """The digits demo as `make demo` runs it: 12 epochs of 22 optimizer steps."""
     root, result = demo_run

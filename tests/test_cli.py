@@ -140,7 +140,6 @@ def test_runs_go_to_a_new_version_folder_and_keep_the_resolved_config(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("demo_run")
 def test_main_py_trains_the_digits_demo_and_reports_where_things_went(demo_run):
     """What `make demo` runs (the session's one demo run, conftest.demo_run)."""
     root, result = demo_run

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from helpers import CPU, EXPERIMENTS, QUIET, run_main
+from helpers import CPU, EXPERIMENTS, run_main, tiny_detection
 from pycocotools.coco import COCO
 
 from convnext_pl.training.cli import cli_main
@@ -17,31 +17,7 @@ from convnext_pl.training.cli import cli_main
 CONFIG = str(EXPERIMENTS / "coco_shapes_mask_rcnn.yaml")
 
 
-def tiny(root, runs) -> list[str]:
-    """The laptop config shrunk to seconds: 64-px images, 8 + 4 of them, 2 training batches, no warm-up."""
-    return [
-        "--config", CONFIG, *QUIET, *CPU,
-        "--data.init_args.root", str(root),
-        "--data.init_args.train_images", "8",
-        "--data.init_args.val_images", "4",
-        "--data.init_args.image_size", "64",
-        "--data.init_args.train_scales", "[48, 64]",
-        "--data.init_args.crop_scales", "[40]",
-        "--data.init_args.crop_size", "[32, 48]",
-        "--data.init_args.max_size", "96",
-        "--model.init_args.net.init_args.min_size", "64",
-        "--model.init_args.net.init_args.max_size", "96",
-        "--model.init_args.net.init_args.fpn_channels", "32",
-        "--model.init_args.net.init_args.representation_size", "64",
-        "--model.init_args.warmup_steps", "0",
-        "--model.init_args.draw_images", "2",
-        "--model.init_args.draw_score_threshold", "0",
-        "--trainer.default_root_dir", str(runs),
-        "--trainer.limit_train_batches", "2",
-        "--trainer.check_val_every_n_epoch", "1",
-        "--trainer.num_sanity_val_steps", "0",
-        "--trainer.log_every_n_steps", "1",
-    ]  # fmt: skip
+tiny = tiny_detection
 
 
 def val_metrics(run_dir) -> dict[str, float]:

@@ -15,9 +15,6 @@ from convnext_pl.models import create_model
 from convnext_pl.tasks.classification import ImageClassifier
 from convnext_pl.weights.loading import load_pretrained
 
-# One worker of `make test` trains the shared digits run (conftest.digits_ckpt) once for the module (xdist_group).
-pytestmark = pytest.mark.xdist_group("digits_run")
-
 
 @pytest.fixture(scope="session")
 def reference_net(digits_ckpt) -> torch.nn.Module:

@@ -26,9 +26,6 @@ from convnext_pl.export.formats import main, predict_metadata
 from convnext_pl.export.onnx_predict import CLASS_NAMES_KEY, PREPROCESSING_KEY, softmax
 from convnext_pl.training.cli import cli_main
 
-# One worker of `make test` trains the shared digits run (conftest.digits_ckpt) once for the module (xdist_group).
-pytestmark = pytest.mark.xdist_group("digits_run")
-
 
 def _read_csv(path: Path) -> list[dict]:
     with path.open(newline="") as f:

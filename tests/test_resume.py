@@ -27,8 +27,6 @@ RUN = [
     "--trainer.callbacks+=convnext_pl.training.callbacks.EMA", "--trainer.callbacks.decay", "0.9",
 ]  # fmt: skip
 TOTAL_STEPS = 8
-# One worker of `make test` trains the uninterrupted reference run once for the module (xdist_group).
-pytestmark = pytest.mark.xdist_group("resume_reference")
 
 
 def _main(args: list[str], root: Path, timeout: float = 120) -> subprocess.CompletedProcess:

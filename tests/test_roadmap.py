@@ -42,8 +42,7 @@ WITHIN_3_PERCENT = [name for name in STEPS if name != "roadmap_12_layer_norm"]
 
 
 # These models are small: one OpenMP thread is 10-100x faster than two on a shared 2-core machine.
-# One worker of `make test` builds the module's report once (xdist_group).
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.xdist_group("roadmap_report")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _num_params(model: nn.Module) -> int:

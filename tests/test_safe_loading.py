@@ -71,7 +71,6 @@ def test_a_malicious_pretrained_file_is_refused_through_the_cli_and_never_runs(t
     assert not marker.exists()
 
 
-@pytest.mark.xdist_group("digits_run")
 def test_the_projects_own_checkpoints_load_with_weights_only(digits_ckpt):
     # Every piece of state this project adds: EMA, step checkpoints, loss guard, seeding, the data loader position.
     checkpoint = torch.load(digits_ckpt, weights_only=True)

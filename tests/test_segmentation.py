@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import CPU, EXPERIMENTS, QUIET, run_main
+from helpers import CPU, EXPERIMENTS, run_main, tiny_segmentation
 from lightning import Callback
 from PIL import Image
 
@@ -14,30 +14,11 @@ from convnext_pl.errors import UserError
 from convnext_pl.tasks.segmentation import iou_from_confusion
 from convnext_pl.training.cli import cli_main
 
-pytestmark = pytest.mark.xdist_group("segmentation_run")  # the module fixture trains once
 CONFIG = str(EXPERIMENTS / "segmentation_synthetic.yaml")
-# A handful of small scenes and two steps: every stage of a run, in seconds.
-TINY = [
-    "--data.init_args.train_images=4",
-    "--data.init_args.val_images=2",
-    "--data.init_args.image_size=48",
-    "--data.init_args.batch_size=2",
-    "--data.init_args.scale=[64,48]",
-    "--data.init_args.crop_size=[32,32]",
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=2",
-    "--trainer.log_every_n_steps=1",
-    "--trainer.check_val_every_n_epoch=1",
-    "--trainer.num_sanity_val_steps=0",
-]
 
 
 def _args(root: Path) -> list[str]:
-    return [
-        "--config", CONFIG, *TINY, *QUIET,
-        f"--data.init_args.root={root / 'scenes' / 'ADEChallengeData2016'}",
-        f"--trainer.default_root_dir={root / 'runs'}",
-    ]  # fmt: skip
+    return tiny_segmentation(root / "scenes" / "ADEChallengeData2016", root / "runs")
 
 
 # The fitted run's model settings; a resume gives the same ones (another value would be refused, see below).

@@ -46,8 +46,8 @@ CPU_TWO_PROCESSES = [
 ]  # fmt: skip
 
 
-# One worker of `make test` runs the module's DDP and FSDP2 fits once each (xdist_group); their two processes
-# take both cores anyway.
+# The one group given by hand: the module's DDP and FSDP2 fits (two fixtures, which would otherwise make two
+# groups, conftest._shared_run_group) run on one worker, one after the other; their two processes take both cores.
 pytestmark = pytest.mark.xdist_group("two_process_runs")
 
 

@@ -223,6 +223,21 @@ class TaskModule(ResumableSchedule, LightningModule):
         if self._schedule_info:  # what the lr schedule was built from, beside the run's hyperparameters
             for logger in self.loggers:
                 logger.log_hyperparams(self._schedule_info)
+        if self.trainer.ckpt_path:
+            self._apply_optimizer_options()
+
+    def _apply_optimizer_options(self) -> None:
+        """Lightning restores the optimizer's parameter groups from the checkpoint, options included; a resume
+        whose weight decay, betas or eps the CLI let change (``--accept_changed_settings``) must train with the
+        given ones. Groups without decay (1-D parameters) keep 0; the lr follows the restored schedule."""
+        hp = self.hparams
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                if "weight_decay" in hp and group.get("weight_decay", 0.0) > 0.0:
+                    group["weight_decay"] = hp.weight_decay
+                for key in ("betas", "eps"):
+                    if key in hp and key in group:
+                        group[key] = tuple(hp[key]) if key == "betas" else hp[key]
 
 
 def relative_output_path(path: str | Path, root: str | Path | None, suffix: str) -> Path:

@@ -95,6 +95,8 @@ class ConvNeXtCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             parser_class=_OneLineParser,
+            # config.yaml is written when the run starts, so a mistake found in set-up leaves no run folder.
+            save_config_callback=kwargs.pop("save_config_callback", runs.SaveConfigWhenTheRunStarts),
             # `true` (LightningCLI's default) seeds with 0 anyway, after a "No seed found" warning.
             seed_everything_default=0,
             auto_configure_optimizers=False,  # the module builds its own parameter groups and schedule
@@ -257,6 +259,15 @@ class ConvNeXtCLI(LightningCLI):
                 trainer.log_dir, self.save_config_kwargs.get("config_filename", "config.yaml")
             )
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            # Whatever stopped the run before it wrote a file (a mistake found in set-up, a refused resume):
+            # the folders the loggers made for it go too. A folder holding any file is kept.
+            runs.remove_a_failed_runs_empty_folder(getattr(self, "trainer", None))
+            raise
 
     def before_fit(self) -> None:
         if self.config[self.subcommand].get("accept_changed_settings"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from convnext_pl.errors import UserError
@@ -194,3 +195,41 @@ def check_trained_weights(
         "--model.pretrained <released name or file> (the whole task's weights; a dense task's pretrained_backbone "
         "leaves its heads random); --allow_untrained evaluates a random network on purpose"
     )
+
+
+class SaveConfigWhenTheRunStarts(SaveConfigCallback):
+    """LightningCLI's ``SaveConfigCallback`` that writes ``config.yaml`` once the run really starts (``on_fit_start``,
+    or the start of validate/test/predict), not in ``setup``: every mistake found while the data, the weights
+    or a checkpoint are set up (a missing folder, a bogus weights name, a checkpoint of another task) then
+    leaves only empty folders, which the CLI removes (:func:`remove_an_empty_run_folder`), never a run folder
+    holding a config of a run that did not happen."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pass
+
+    def _save_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.already_saved:
+            super().setup(trainer, pl_module, trainer.state.stage.value if trainer.state.stage else "fit")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save_now(trainer, pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save_now(trainer, pl_module)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save_now(trainer, pl_module)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save_now(trainer, pl_module)
+
+
+def remove_a_failed_runs_empty_folder(trainer: pl.Trainer | None) -> None:
+    """After a run failed: remove its ``version_N`` folder (and the run name's) if no file was written there.
+    Reads the logger's folder without a collective (the other ranks may have failed too)."""
+    if trainer is None or not trainer.is_global_zero or not trainer.loggers:
+        return
+    logger = trainer.loggers[0]
+    log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+    if log_dir is not None:
+        remove_an_empty_run_folder(log_dir)

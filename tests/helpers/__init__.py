@@ -3,9 +3,10 @@
 that break runs on purpose (``helpers.callbacks``). Fixtures live in ``tests/conftest.py``.
 """
 
-from .cli_args import CPU, QUIET, SHORT
+from .cli_args import CPU, QUIET, SHORT, tiny_detection, tiny_segmentation
 from .paths import CONFIGS, DIGITS, EXPERIMENTS, NOTEBOOKS, ROOT, TESTS
 from .processes import run_main, run_python
+from .refusals import refused, run_folders
 from .training import atto_classifier, quiet_trainer, synthetic_data
 
 __all__ = [
@@ -20,7 +21,11 @@ __all__ = [
     "TESTS",
     "atto_classifier",
     "quiet_trainer",
+    "refused",
+    "run_folders",
     "run_main",
     "run_python",
     "synthetic_data",
+    "tiny_detection",
+    "tiny_segmentation",
 ]
