@@ -9,12 +9,9 @@ every ``--checkpoint.every_n_train_steps`` and on SIGTERM (exit code 143), ``--c
 ``last.ckpt`` of the run name, and a non-finite loss stops the run (``--nonfinite_loss.action skip`` skips the step).
 """
 
-import importlib
-import logging
 import pickle
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -36,6 +33,12 @@ from convnext_pl.training.checkpointing import (
     keep_best_per_weights,
     task_checkpoint_defaults,
 )
+from convnext_pl.training.cli_checks import (
+    check_config_files,
+    check_image_size,
+    import_class,
+    quiet_known_noise,
+)
 from convnext_pl.training.guards import NonFiniteLossGuard
 from convnext_pl.training.parallel import refuse_what_this_machine_cannot_run
 from convnext_pl.training.progress import LogLineProgress, TerminalProgress
@@ -49,24 +52,6 @@ yaml.SafeDumper.add_multi_representer(int, yaml.SafeDumper.represent_int)
 yaml.SafeDumper.add_multi_representer(float, yaml.SafeDumper.represent_float)
 
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM (143)
-
-
-def _drop_lightning_tips(record: logging.LogRecord) -> bool:
-    # Lightning advertises its cloud logger and model registry on every run (rank_zero_info "💡 Tip: ..."):
-    # nothing a user of this template can act on.
-    return not str(record.msg).startswith("💡 Tip:")
-
-
-def _quiet_known_noise() -> None:
-    """Filter what the demo printed that tells the user nothing, each at the narrowest place."""
-    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if _drop_lightning_tips not in rank_zero_logger.filters:
-        rank_zero_logger.addFilter(_drop_lightning_tips)
-    # torch 2.14 deprecates isinstance(x, LeafSpec); Lightning 2.6.6's own _pytree helper still does it, once
-    # per run. Nothing here calls it; the next Lightning release fixes it.
-    warnings.filterwarnings(
-        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module=r"lightning\.pytorch"
-    )
 
 
 class _OneLineParser(LightningArgumentParser):
@@ -144,7 +129,7 @@ class ConvNeXtCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         self._link_num_classes(config)
-        task_checkpoint_defaults(_import_class(config.model.class_path), config.checkpoint)
+        task_checkpoint_defaults(import_class(config.model.class_path), config.checkpoint)
         self._run_name = runs.run_name(config)
 
     def _link_num_classes(self, config) -> None:
@@ -159,7 +144,7 @@ class ConvNeXtCLI(LightningCLI):
         if net is None or data is None or "num_classes" not in (net.get("init_args") or {}):
             return
         # A DataModule's __init__ touches no disk, so building one here only to read num_classes is cheap.
-        data_class = _import_class(data.class_path)
+        data_class = import_class(data.class_path)
         data_classes = getattr(data_class(**data.init_args.as_dict()), "num_classes", None)
         written = net.init_args.num_classes
         if data_classes is None:
@@ -205,7 +190,7 @@ class ConvNeXtCLI(LightningCLI):
             if path and Path(path).is_file():
                 checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
                 refuse_another_tasks_checkpoint(
-                    _import_class(self.config[subcommand].model.class_path), checkpoint, path
+                    import_class(self.config[subcommand].model.class_path), checkpoint, path
                 )
                 given = self.config[subcommand].model.clone()
             super()._parse_ckpt_path()
@@ -236,7 +221,7 @@ class ConvNeXtCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         # The first place both the network and the data exist; still before any folder is written.
-        _check_image_size(self.model, self.datamodule)
+        check_image_size(self.model, self.datamodule)
 
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
@@ -304,51 +289,6 @@ class ConvNeXtCLI(LightningCLI):
         print("\n".join(lines), flush=True)
 
 
-def _import_class(class_path: str) -> type:
-    module_name, _, class_name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module_name), class_name)
-
-
-def _check_image_size(model, datamodule) -> None:
-    """Refuse an image size the network's total stride (stem patch x the downsampling layers) reduces to nothing:
-    the last stage's map would be empty, and the first forward pass would fail deep in a convolution."""
-    size, stride = (
-        getattr(datamodule, "image_size", None),
-        getattr(getattr(model, "net", None), "total_stride", None),
-    )
-    if isinstance(size, int) and isinstance(stride, int) and size < stride:
-        raise UserError(
-            f"data.init_args.image_size {size} is smaller than the network's total stride {stride} (stem "
-            f"patch_size x downsampling); the smallest valid image size is {stride}, or use a smaller "
-            "model.init_args.net.init_args.patch_size"
-        )
-
-
-def _check_config_files(args: list[str]) -> None:
-    """Refuse a ``--config`` file that is not valid YAML (naming the file and line: jsonargparse names neither), an
-    empty one, or a folder."""
-    values = [value for flag, value in zip(args, args[1:], strict=False) if flag in ("--config", "-c")]
-    values += [arg.removeprefix("--config=") for arg in args if arg.startswith("--config=")]
-    for value in values:
-        if Path(value).is_dir():
-            raise UserError(
-                f"--config {value} is a folder; give a YAML file, e.g. configs/experiment/digits.yaml"
-            )
-        if not Path(value).is_file() and ":" not in value:  # an inline YAML string has a colon
-            raise UserError(f"--config {value} does not exist; give the path of a YAML file")
-        if not Path(value).is_file():
-            continue  # an inline YAML string
-        try:
-            if yaml.safe_load(Path(value).read_text()) is None:
-                raise UserError(f"config file {value} is empty; give a YAML file with settings")
-        except yaml.MarkedYAMLError as err:
-            mark = err.problem_mark
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise UserError(
-                f"config file {value} is not valid YAML ({err.problem}{where}); fix its syntax"
-            ) from err
-
-
 def cli_main(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
     """Run the CLI (``args`` as on the command line; None reads ``sys.argv``) and return it.
 
@@ -356,10 +296,10 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
     by SIGTERM (after saving ``last.ckpt``) raises ``SystemExit(143)``.
     """
     argv = sys.argv
-    _quiet_known_noise()
+    quiet_known_noise()
     try:
         with one_line_errors():
-            _check_config_files(argv[1:] if args is None else args)
+            check_config_files(argv[1:] if args is None else args)
             if args is not None:
                 # Called from Python (tests, notebooks): the host's own argv (pytest's, the Jupyter kernel's) is
                 # not ours, and LightningCLI would warn about it.
