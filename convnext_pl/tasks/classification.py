@@ -15,7 +15,7 @@ from jsonargparse.typing import (
     PositiveFloat,
     PositiveInt,
 )
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -23,14 +23,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from convnext_pl.errors import UserError
 from convnext_pl.ranges import LeftOpenUnitInterval, RightOpenUnitInterval
 from convnext_pl.tasks.base import TaskModule, created_in_code
+from convnext_pl.tasks.recipes import WarmupCosineRecipe
 from convnext_pl.training.callbacks import TopKPredictionWriter
-from convnext_pl.training.optim import (
-    build_optimizer,
-    effective_batch_size,
-    per_step,
-    scaled_lr,
-    warmup_cosine,
-)
 from convnext_pl.training.parallel import ShardUnit, fully_shard_network
 
 # Ranges declared on the options, so the command line refuses a value outside them in one line, naming the
@@ -48,7 +42,7 @@ def _accuracy_metrics(num_classes: int) -> MetricCollection:
     )
 
 
-class ImageClassifier(TaskModule):
+class ImageClassifier(WarmupCosineRecipe, TaskModule):
     """Image classification with the ConvNeXt training recipe.
 
     Args:
@@ -252,42 +246,5 @@ class ImageClassifier(TaskModule):
                 yield "val_ema", ema_net
 
     # -------------------------------------------------------------------------------------------- optimizer
-    def lr_schedule_settings(self) -> dict[str, int | float]:
-        """What this run's lr schedule is built from, for the trainer it is attached to: the effective batch, the
-        peak lr, the warm-up and total optimizer steps (counting them builds the training loader). Checkpoints
-        store them; a resume compares them before anything is written (``resume.refuse_a_changed_resume``).
-        """
-        hp = self.hparams
-        effective_batch = effective_batch_size(self.trainer)
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        if hp.warmup_steps is not None:
-            warmup_steps = hp.warmup_steps
-        else:
-            epochs = max(1, self.trainer.max_epochs or 1)
-            warmup_steps = round(hp.warmup_epochs * total_steps / epochs)
-        return {
-            "effective_batch_size": effective_batch,
-            "peak_lr": scaled_lr(hp.lr, effective_batch, hp.lr_reference_batch),
-            "warmup_steps": warmup_steps,
-            "total_steps": total_steps,
-        }
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        settings = self.resolved_schedule_settings()  # on a resume, compared with the checkpoint's
-        effective_batch, peak_lr = settings["effective_batch_size"], settings["peak_lr"]
-        warmup_steps, total_steps = settings["warmup_steps"], settings["total_steps"]
-        layer_ids = self.net.layer_ids() if hp.layer_decay is not None else None
-        optimizer = build_optimizer(
-            self.net, peak_lr, hp.weight_decay, hp.layer_decay, layer_ids, betas=hp.betas, eps=hp.eps
-        )
-        schedule = warmup_cosine(warmup_steps, total_steps, min_ratio=hp.min_lr / hp.lr if hp.lr > 0 else 0.0)
-        rank_zero_info(
-            f"Effective batch {effective_batch}, peak lr {peak_lr:.3g}, {warmup_steps} warm-up steps of {total_steps}"
-        )
-        if warmup_steps > total_steps:
-            rank_zero_warn(
-                f"the warm-up ({warmup_steps} steps) is longer than the run ({total_steps} optimizer steps): the lr "
-                "never reaches its peak; shorten model.init_args.warmup_epochs/warmup_steps"
-            )
-        return {"optimizer": optimizer, "lr_scheduler": per_step(optimizer, schedule)}
+    def layer_ids(self) -> dict[str, int] | None:
+        return self.net.layer_ids() if self.hparams.layer_decay is not None else None
