@@ -144,3 +144,58 @@ def test_segmentation_predictions_keep_their_inputs_relative_paths(segmentation_
     assert sorted(p.relative_to(masks).as_posix() for p in masks.rglob("*.png")) == ["a/img.png", "b/img.png"]
     assert Image.open(masks / "a" / "img.png").size == (56, 40)  # the image's own size
     assert cli.trainer.predict_loop is not None
+
+
+def _image_folder(tmp_path: Path, drop_val_class: bool = False, empty_class: bool = False) -> list[str]:
+    from convnext_pl.data.classification.synthetic_files import write_image_folder
+
+    root = write_image_folder(tmp_path / "folder", num_classes=3, per_class=2, size=32)
+    if drop_val_class:
+        for image in (root / "val" / sorted(p.name for p in (root / "val").iterdir())[-1]).iterdir():
+            image.unlink()
+        (root / "val" / sorted(p.name for p in (root / "val").iterdir())[-1]).rmdir()
+    if empty_class:  # a class folder whose images are gone
+        for image in sorted((root / "train").iterdir())[-1].iterdir():
+            image.unlink()
+    data = ["--data=convnext_pl.data.ImageFolderDataModule", f"--data.init_args.root={root}"]
+    return [
+        *data,
+        "--data.init_args.num_classes=3",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.image_size=32",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("val_classes_differ", "class"),
+        ("empty_class_folder", "class folders without images"),
+        ("missing_ade20k_annotations", "annotations"),
+        ("wrong_shape_weights", "does not fit"),
+    ],
+)
+def test_data_and_weights_mistakes_found_in_set_up_leave_no_folder(case, expected, tmp_path, capsys):
+    from convnext_pl.models import create_model
+
+    runs = tmp_path / "runs"
+    if case == "val_classes_differ":
+        args = ["fit", *digits(runs), *_image_folder(tmp_path, drop_val_class=True)]
+    elif case == "empty_class_folder":
+        args = ["fit", *digits(runs), *_image_folder(tmp_path, empty_class=True)]
+    elif case == "missing_ade20k_annotations":
+        root = tmp_path / "ADEChallengeData2016"
+        (root / "images" / "training").mkdir(parents=True)
+        args = ["fit", *segmentation(tmp_path), "--data=convnext_pl.data.ADE20KDataModule"]
+        args += [
+            f"--data.init_args.root={root}",
+            "--data.init_args.num_classes=5",
+            "--data.init_args.scale=[64,48]",
+        ]
+        args += ["--data.init_args.crop_size=[32,32]", "--data.init_args.num_workers=0"]
+    else:
+        weights = tmp_path / "femto.pth"
+        torch.save(create_model("convnext_femto").state_dict(), weights)
+        args = ["fit", *digits(runs), f"--model.init_args.pretrained={weights}"]
+    line = refused(args, capsys, tmp_path)
+    assert expected in line
