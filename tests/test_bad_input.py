@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import DIGITS, QUIET, SHORT, run_main
 from helpers.fakedata import corrupt_jpeg, truncate_file, write_cifar, write_image_folder
+from helpers.refusals import refused
 
 from convnext_pl.errors import UserError
 from convnext_pl.models.registry import create_model, list_models
@@ -218,13 +219,20 @@ def test_a_run_never_overwrites_the_folder_of_an_earlier_one(tmp_path, capsys):
     assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
 
 
-def test_resuming_with_another_model_config_keeps_the_checkpoint_model(tmp_path):
-    # LightningCLI takes the model's hyperparameters from the checkpoint, so the run goes on with its network.
+def test_resuming_with_another_network_is_refused_even_with_changed_settings_accepted(tmp_path, capsys):
+    # --accept_changed_settings applies the given model values; a network of another shape cannot take the
+    # checkpoint's weights, so the resume stops before a step with one line and leaves the run's files as they were.
     args = ["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path)] + QUIET + SHORT
-    cli_main(args)
-    resumed = cli_main(args + ["--trainer.max_epochs", "2", "--ckpt_path", "last", "--accept_changed_settings=true",
-                               "--model.net.init_args.name", "convnext_femto"])  # fmt: skip
-    assert resumed.model.net.dims == create_model("convnext_atto").dims and resumed.trainer.global_step == 4
+    checkpoint = Path(cli_main(args).trainer.checkpoint_callback.last_model_path)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    line = refused(args + ["--trainer.max_epochs", "2", "--ckpt_path", "last", "--accept_changed_settings=true",
+                           "--model.net.init_args.name", "convnext_femto"], capsys, tmp_path)  # fmt: skip
+    assert line == (
+        f"error: checkpoint {checkpoint} does not fit this classification model: 'net.downsample_layers.0.0.weight' "
+        "has shape (40, 3, 2, 2) in the checkpoint but (48, 3, 2, 2) in the model; resume with the model and data "
+        "settings it was trained with (the config.yaml of its run)"
+    )
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
 def test_a_checkpoint_of_another_model_is_refused_naming_the_first_mismatch(tmp_path):
