@@ -1,5 +1,6 @@
-"""The base every classification data module shares: argument storage, the four loaders, and prediction
-over a folder of loose images."""
+"""The data modules' bases: :class:`TaskDataModule`, under every task's data (a training loader that resumes
+mid-epoch, its position kept in checkpoints, the loader-size checks), and :class:`ClassificationDataModule` on it
+(argument storage, the four loaders, prediction over a folder of loose images)."""
 
 from collections.abc import Callable, Sequence
 
@@ -16,7 +17,94 @@ from convnext_pl.errors import UserError
 from convnext_pl.training.seeding import run_seed
 
 
-class ClassificationDataModule(L.LightningDataModule):
+def check_loader_sizes(batch_size: int, num_workers: int) -> None:
+    """Refuse a batch size below 1 or a negative worker count now: the DataLoader would only when training starts.
+
+    Raises:
+        UserError: naming both values.
+    """
+    if batch_size < 1 or num_workers < 0:
+        raise UserError(
+            f"data.init_args.batch_size must be at least 1 and num_workers at least 0, got {batch_size} "
+            f"and {num_workers}; fix them in the data config"
+        )
+
+
+class TaskDataModule(L.LightningDataModule):
+    """What every task's data module shares: a training loader that a run resumed mid-epoch continues exactly.
+
+    :meth:`resumable_train_loader` builds it (order and augmentations follow from ``(seed, epoch, sample)``,
+    ``resumable.py``), and :meth:`state_dict` / :meth:`load_state_dict` carry its position through checkpoints.
+    Subclasses store their arguments in ``__init__`` (no disk), build data sets in ``setup`` and call
+    :meth:`resumable_train_loader` from ``train_dataloader``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict | None = None  # from a checkpoint, for the next train_dataloader()
+
+    def resumable_train_loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        num_workers: int,
+        collate_fn=None,
+        drop_last: bool = True,
+        with_seed: bool = False,
+    ) -> ResumableDataLoader:
+        """The training loader: shuffled by ``(seed, epoch)``, each sample read under its own seed, workers kept
+        alive across epochs, and positioned where a restored checkpoint left it.
+
+        Args:
+            dataset: the training data set.
+            batch_size: samples per batch on each device.
+            num_workers: loader processes (0: the main process).
+            collate_fn: the batch collation (None: torch's default).
+            drop_last: drop the last incomplete batch.
+            with_seed: append each sample's seed to it (for augmentations done later on the whole batch).
+        """
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            dataset,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=run_seed(),
+        )
+        self._train_loader = ResumableDataLoader(
+            SeededSamples(dataset, with_seed=with_seed),
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),
+            # Re-forking workers every epoch costs seconds with large transforms; keep them alive.
+            persistent_workers=num_workers > 0,
+            collate_fn=collate_fn,
+        )
+        if self._train_loader_state:
+            self._train_loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        return self._train_loader
+
+    def state_dict(self) -> dict:
+        """Where the training loader stands; checkpoints keep it so a resumed run continues with the next batch.
+
+        Lightning also keeps loader states with its loops, but restores them only into a loader built after the
+        checkpoint is read, and ``configure_optimizers`` (``estimated_stepping_batches``) builds it before.
+        """
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_loader_state = state_dict.get("train_loader")
+        if (
+            self._train_loader is not None and self._train_loader_state
+        ):  # built before the checkpoint was read
+            self._train_loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+
+
+class ClassificationDataModule(TaskDataModule):
     """Loaders of ``(images: FloatTensor[N, 3, H, W], targets: LongTensor[N])`` for image classification.
 
     ``__init__`` only stores arguments, so a config can be instantiated on a machine without the data;
@@ -36,11 +124,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int, image_size: int, predict_dir: str | None = None):
         super().__init__()
-        if batch_size < 1 or num_workers < 0:  # the DataLoader would refuse them only when training starts
-            raise UserError(
-                f"data.init_args.batch_size must be at least 1 and num_workers at least 0, got {batch_size} "
-                f"and {num_workers}; fix them in the data config"
-            )
+        check_loader_sizes(batch_size, num_workers)
         if image_size < 1:  # every subclass passes its image_size here: one check for all of them
             raise UserError(
                 f"data.init_args.image_size must be at least 1, got {image_size}; fix it in the data config"
@@ -56,8 +140,6 @@ class ClassificationDataModule(L.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
         self.predict_dataset: ImagePathDataset | None = None
-        self._train_loader: ResumableDataLoader | None = None
-        self._train_loader_state: dict | None = None  # from a checkpoint, for the next train_dataloader()
         # Set by subclasses whose training loader yields uint8 images: it finishes them on the device.
         self.batch_augment: DeviceAugment | None = None
         # Of the batch between on_before_ and on_after_batch_transfer: its seed and its RandAugment draws (on the
@@ -103,41 +185,17 @@ class ClassificationDataModule(L.LightningDataModule):
             )
 
     def _loader(
-        self,
-        dataset: Dataset | None,
-        stage: str,
-        train: bool = False,
-        persistent: bool = False,
-        collate_fn=None,
+        self, dataset: Dataset | None, stage: str, persistent: bool = False, collate_fn=None
     ) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup('{stage}') must run before its data loader")
-        loader_class, sampler = DataLoader, None
-        if train:
-            # Order and augmentations depend only on (seed, epoch, sample) and the loader's position is saved in
-            # checkpoints: a run resumed mid-epoch sees the batches an uninterrupted one would (resumable.py).
-            loader_class, sampler = ResumableDataLoader, self._train_sampler(dataset)
-            dataset = SeededSamples(dataset, with_seed=self.batch_augment is not None)
-        return loader_class(
+        return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=sampler,
-            # Mixup/CutMix mix a batch with its flipped self and need every batch full (official main.py).
-            drop_last=train,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
-            # Re-forking workers every epoch costs seconds with large transforms; keep them alive.
             persistent_workers=persistent and self.num_workers > 0,
             collate_fn=collate_fn,
-        )
-
-    def _train_sampler(self, dataset: Dataset) -> ResumableSampler:
-        trainer = self.trainer
-        return ResumableSampler(
-            dataset,
-            num_replicas=trainer.world_size if trainer is not None else 1,
-            rank=trainer.global_rank if trainer is not None else 0,
-            seed=run_seed(),
         )
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
@@ -167,28 +225,13 @@ class ClassificationDataModule(L.LightningDataModule):
         return (self.batch_augment(images, self._batch_seed, self._batch_draws), *rest)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches, resumable mid-epoch; the last incomplete batch is dropped."""
-        self._train_loader = self._loader(self.train_dataset, "fit", train=True, persistent=True)
-        if self._train_loader_state:
-            self._train_loader.load_state_dict(self._train_loader_state)
-            self._train_loader_state = None
-        return self._train_loader
-
-    def state_dict(self) -> dict:
-        """Where the training loader stands; checkpoints keep it so a resumed run continues with the next batch.
-
-        Lightning also keeps loader states with its loops, but restores them only into a loader built after the
-        checkpoint is read, and ``configure_optimizers`` (``estimated_stepping_batches``) builds it before.
-        """
-        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._train_loader_state = state_dict.get("train_loader")
-        if (
-            self._train_loader is not None and self._train_loader_state
-        ):  # built before the checkpoint was read
-            self._train_loader.load_state_dict(self._train_loader_state)
-            self._train_loader_state = None
+        """Shuffled training batches, resumable mid-epoch; the last incomplete batch is dropped (Mixup/CutMix mix
+        a batch with its flipped self and need every batch full, official main.py)."""
+        if self.train_dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup('fit') must run before its data loader")
+        return self.resumable_train_loader(
+            self.train_dataset, self.batch_size, self.num_workers, with_seed=self.batch_augment is not None
+        )
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in a fixed order."""

@@ -8,7 +8,6 @@ the label's resolution), so the evaluation loaders hold one image per batch, as 
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
@@ -16,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
+from convnext_pl.data.base import TaskDataModule, check_loader_sizes
 from convnext_pl.data.segmentation.transforms import IGNORE_INDEX, seg_eval_transform, seg_train_transform
 from convnext_pl.errors import UserError
 from convnext_pl.ranges import LeftOpenUnitInterval
@@ -95,6 +95,34 @@ class SegmentationFolder(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def check_labels_have_classes(self, count: int = 16) -> None:
+        """Refuse a set whose first ``count`` label maps hold only the ignore value: nothing would be learned, and
+        the loss of a batch without a labelled pixel is 0, so the run would not say so itself. One PNG read each.
+
+        Raises:
+            UserError: naming the folder, the ignore value and ``reduce_zero_label``.
+        """
+        for path in self.labels[:count]:
+            label = read_label(path)
+            label = reduce_zero_label(label) if self.reduce_zero_label else label.long()
+            if bool((label != IGNORE_INDEX).any()):
+                return
+        shown = min(count, len(self.labels))
+        zero = (
+            " after reduce_zero_label (which makes class 0 the ignore value)"
+            if self.reduce_zero_label
+            else ""
+        )
+        raise UserError(
+            f"every pixel of the first {shown} label maps in '{self.labels[0].parent}' is the ignore value "
+            f"{IGNORE_INDEX}{zero}: there is no class to learn; check the label PNGs"
+            + (
+                ", or set data.init_args.reduce_zero_label false if 0 is a class"
+                if self.reduce_zero_label
+                else ""
+            )
+        )
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = read_image(self.images[index]), read_label(self.labels[index])
         if tuple(image.shape[1:]) != tuple(label.shape):
@@ -140,7 +168,7 @@ class ImagePaths(Dataset):
         )
 
 
-class SegmentationFolderDataModule(L.LightningDataModule):
+class SegmentationFolderDataModule(TaskDataModule):
     """Images and PNG label maps in folders: ``root/<train_images>``, ``root/<train_labels>`` and the same for
     validation (also used for ``test``). ``__init__`` touches no disk.
 
@@ -178,11 +206,7 @@ class SegmentationFolderDataModule(L.LightningDataModule):
         predict_dir: str | None = None,
     ):
         super().__init__()
-        if batch_size < 1 or num_workers < 0:
-            raise UserError(
-                f"data.init_args.batch_size must be at least 1 and num_workers at least 0, got {batch_size} "
-                f"and {num_workers}; fix them in the data config"
-            )
+        check_loader_sizes(batch_size, num_workers)
         if class_names is not None and len(class_names) != num_classes:
             raise UserError(
                 f"class_names has {len(class_names)} names for {num_classes} classes; give one per class."
@@ -218,17 +242,16 @@ class SegmentationFolderDataModule(L.LightningDataModule):
             return
         if stage == "fit" and "train" not in self.datasets:
             self.datasets["train"] = self._split("train")
+            self.datasets["train"].check_labels_have_classes()
         if "val" not in self.datasets:
             self.datasets["val"] = self._split("val")
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, collate_fn=None) -> DataLoader:
+    def _loader(self, split: str, collate_fn=None) -> DataLoader:
         return DataLoader(
             self.datasets[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
+            batch_size=1,  # images of any size, evaluated whole (official test_cfg)
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            drop_last=shuffle,  # BatchNorm in the heads needs more than one value per channel
             collate_fn=collate_fn,
         )
 
@@ -238,16 +261,17 @@ class SegmentationFolderDataModule(L.LightningDataModule):
                 f"The training split has {len(self.datasets['train'])} images, fewer than one batch of "
                 f"{self.batch_size}; lower data.init_args.batch_size or add images."
             )
-        return self._loader("train", self.batch_size, shuffle=True)
+        # Resumable mid-epoch (data/base.py); drop_last: BatchNorm in the heads needs more than one value per channel.
+        return self.resumable_train_loader(self.datasets["train"], self.batch_size, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", 1, shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("val", 1, shuffle=False)
+        return self._loader("val")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", 1, shuffle=False, collate_fn=_collate_predict)
+        return self._loader("predict", collate_fn=_collate_predict)
 
 
 def _collate_predict(batch: list) -> tuple[torch.Tensor, list[str], list[tuple[int, int]]]:

@@ -1,0 +1,95 @@
+"""Exact resume for the dense tasks: a segmentation or detection run killed (SIGKILL) mid-epoch and resumed with
+``--ckpt_path last`` ends bit-identical to an uninterrupted run, weights, BatchNorm buffers and optimizer state
+alike. The loader order and every random augmentation (segmentation crops, flips and photometric distortion; the
+detector's DETR-style multi-scale) must follow from (seed, epoch, sample) for that (``data/resumable.py``)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import CPU, EXPERIMENTS, QUIET, run_main
+
+# 2 epochs of 4 batches; last.ckpt every 3 steps, so step 6 is two batches into epoch 1. Validation only after the
+# last epoch: it runs in both runs alike, and the kill is what is under test.
+SCHEDULE = [
+    *QUIET, *CPU, "--seed_everything", "0",
+    "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
+    "--trainer.check_val_every_n_epoch", "2", "--trainer.num_sanity_val_steps", "0",
+    "--trainer.log_every_n_steps", "1", "--checkpoint.every_n_train_steps", "3",
+]  # fmt: skip
+TOTAL_STEPS, KILL_AT, SAVED_AT = 8, 7, 6
+
+# configs/experiment/segmentation_synthetic.yaml on 8 scenes of 48 px, 32-px crops, batches of 2.
+SEGMENTATION = [
+    "--config", str(EXPERIMENTS / "segmentation_synthetic.yaml"),
+    "--data.init_args.train_images=8", "--data.init_args.val_images=2", "--data.init_args.image_size=48",
+    "--data.init_args.batch_size=2", "--data.init_args.scale=[64,48]", "--data.init_args.crop_size=[32,32]",
+]  # fmt: skip
+# configs/experiment/coco_shapes_mask_rcnn.yaml on 8 shapes images of 64 px, batches of 2, no warm-up.
+DETECTION = [
+    "--config", str(EXPERIMENTS / "coco_shapes_mask_rcnn.yaml"),
+    "--data.init_args.train_images=8", "--data.init_args.val_images=2", "--data.init_args.image_size=64",
+    "--data.init_args.batch_size=2", "--data.init_args.train_scales=[48,56,64]", "--data.init_args.crop_scales=[40]",
+    "--data.init_args.crop_size=[32,48]", "--data.init_args.max_size=96",
+    "--model.init_args.net.init_args.min_size=64", "--model.init_args.net.init_args.max_size=96",
+    "--model.init_args.net.init_args.representation_size=64", "--model.init_args.warmup_steps=0",
+]  # fmt: skip
+# task: (its arguments, the data set's folder under the test's folder, the run name: the config file's name)
+TASKS = {
+    "segmentation": (SEGMENTATION, "scenes/ADEChallengeData2016", "segmentation_synthetic"),
+    "detection": (DETECTION, "shapes", "coco_shapes_mask_rcnn"),
+}
+
+
+def _run(task: str, tmp_path: Path, runs: str, *extra: str):
+    args, data, _ = TASKS[task]
+    command = [
+        "fit", *args, *SCHEDULE, f"--data.init_args.root={tmp_path / data}",
+        f"--trainer.default_root_dir={tmp_path / runs}", *extra,
+    ]  # fmt: skip
+    return run_main(command, timeout=300, check=False)
+
+
+def _last(task: str, tmp_path: Path, runs: str, version: int) -> dict:
+    path = tmp_path / runs / TASKS[task][2] / f"version_{version}" / "checkpoints" / "last.ckpt"
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _tensors(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """Every tensor a resumed run must reproduce: weights and buffers, and each optimizer state entry."""
+    tensors = {f"state_dict.{name}": value for name, value in checkpoint["state_dict"].items()}
+    for optimizer, state in enumerate(checkpoint["optimizer_states"]):
+        for param, entries in state["state"].items():
+            tensors |= {f"optimizer{optimizer}.{param}.{key}": value for key, value in entries.items()}
+    return {name: torch.as_tensor(value) for name, value in tensors.items()}
+
+
+def max_difference(resumed: dict, reference: dict) -> tuple[float, str]:
+    """The largest |resumed - reference| over every tensor of :func:`_tensors`, and the tensor it is in."""
+    got, want = _tensors(resumed), _tensors(reference)
+    assert got.keys() == want.keys()
+    differences = {name: (got[name].double() - want[name].double()).abs().max().item() for name in want}
+    name = max(differences, key=differences.get)
+    return differences[name], name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", list(TASKS))
+def test_a_dense_run_killed_mid_epoch_and_resumed_ends_bit_identical(task, tmp_path):
+    straight = _run(task, tmp_path, "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    # SIGKILL when step 7 begins: last.ckpt holds step 6, two batches into epoch 1, and step 6 is lost. The killed
+    # and the resumed run read with 2 worker processes, the reference in-process: augmentation depends on neither.
+    workers = ("--data.init_args.num_workers=2",)
+    kill = ("--trainer.callbacks+=helpers.callbacks.SignalAtStep", f"--trainer.callbacks.step={KILL_AT}")
+    killed = _run(task, tmp_path, "killed", *workers, *kill)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert _last(task, tmp_path, "killed", 0)["global_step"] == SAVED_AT
+    resumed = _run(task, tmp_path, "killed", *workers, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not resumable" not in resumed.stderr  # Lightning's warning about loaders that restart the epoch
+    reference, final = _last(task, tmp_path, "straight", 0), _last(task, tmp_path, "killed", 1)
+    assert final["global_step"] == reference["global_step"] == TOTAL_STEPS
+    difference, where = max_difference(final, reference)
+    assert difference == 0, f"max |resumed - uninterrupted| = {difference:.3g}, in {where}"
+    assert final["lr_schedulers"] == reference["lr_schedulers"]
