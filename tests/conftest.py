@@ -1,6 +1,5 @@
 """Shared test fixtures: CPU only, no network, deterministic seeds, GPU tests skipped without CUDA."""
 
-import inspect
 import os
 from pathlib import Path
 
@@ -18,46 +17,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 from helpers import DIGITS, run_main  # noqa: E402  (after the environment above)
+from xdist_groups import add_shared_run_groups  # noqa: E402
 
 from convnext_pl.export.formats import export  # noqa: E402
 from convnext_pl.training.cli import cli_main  # noqa: E402
 
 
-def _shared_run_group(item) -> str | None:
-    """The xdist group of a test that uses a shared run: a session- or module-scoped fixture of this suite that
-    returns a value (a generator fixture such as ``one_torch_thread`` only sets something up). Its users go to one
-    worker of `make test` (``--dist loadgroup``), so the run is made once; a fixture built on another
-    (``digits_onnx`` on ``digits_ckpt``) groups with the one it builds on."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return None
-    shared = {}
-    for name in item.fixturenames:
-        definitions = info.name2fixturedefs.get(name)
-        if not definitions:
-            continue
-        fixture = definitions[-1]
-        tests_dir = str(Path(__file__).parent)
-        if (
-            fixture.scope in ("session", "module")
-            and not inspect.isgeneratorfunction(fixture.func)
-            and str(getattr(fixture.func, "__code__", None) and fixture.func.__code__.co_filename).startswith(
-                tests_dir
-            )
-        ):
-            shared[name] = fixture
-    if not shared:
-        return None
-    used_by_others = {arg for fixture in shared.values() for arg in fixture.argnames}
-    name = sorted(shared, key=lambda n: (n not in used_by_others, n))[0]
-    return name if shared[name].scope == "session" else f"{item.module.__name__}::{name}"
-
-
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = _shared_run_group(item)
-        if group is not None and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
+    add_shared_run_groups(items, Path(__file__).parent)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
