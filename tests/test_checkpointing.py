@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn as nn
-from helpers import DIGITS, QUIET, quiet_trainer
+from helpers import DIGITS, QUIET, quiet_trainer, run_main
 from torch.utils.data import DataLoader, TensorDataset
 
 from convnext_pl.errors import UserError
@@ -214,3 +214,45 @@ def test_make_demo_ends_with_last_ckpt_at_the_final_step(demo_run):
     assert f"Last checkpoint:  {last}" in result.stdout
     checkpoint = _load(last)
     assert (checkpoint["global_step"], checkpoint["epoch"]) == (264, 11)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_error_line_and_the_previous_last_ckpt_stays(tmp_path):
+    """A disk that fills up mid-run (here: a file-size cap after step 1, smaller than a checkpoint): the save of
+    step 2 fails, main.py prints one error line and exits 2, and step 1's last.ckpt is whole and loadable."""
+    run = ["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *SHORT_DIGITS, *QUIET]
+    run += ["--trainer.max_epochs", "1", "--checkpoint.every_n_train_steps", "1"]
+    run += ["--trainer.callbacks+=helpers.callbacks.FileSizeLimitAtStep", "--trainer.callbacks.step", "1"]
+    run += ["--trainer.callbacks.limit_bytes", "200000"]
+    result = run_main(run, check=False)
+    last = tmp_path / "digits" / "version_0" / "checkpoints" / "last.ckpt"
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: could not write checkpoint {last} (File too large); the previous last.ckpt is intact; free space "
+        f"in {last.parent} or set trainer.default_root_dir to a disk with room, then resume with --ckpt_path last"
+    ], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert _load(last)["global_step"] == 1
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # no partial file left behind
+
+
+def test_checkpoints_follow_the_users_umask_like_any_other_file(tmp_path, digits_ckpt):
+    """Before: mode 0600 whatever the umask, so colleagues on a shared machine could not read a run's weights."""
+    import os
+    import stat
+
+    from convnext_pl.training.checkpoint_io import AtomicCheckpointIO
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(digits_ckpt.stat().st_mode) == 0o666 & ~umask  # the CLI run's last.ckpt
+    previous = os.umask(0o027)  # group may read, others nothing
+    try:
+        AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(1)}, tmp_path / "a.ckpt")
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.ckpt").stat().st_mode) == stat.S_IMODE(
+        (tmp_path / "plain").stat().st_mode
+    )
+    assert stat.S_IMODE((tmp_path / "a.ckpt").stat().st_mode) == 0o640

@@ -99,3 +99,27 @@ def test_a_replaced_cifar_file_is_reported_without_running_it(tmp_path, marker):
     ):
         CIFARDataModule(root=str(tmp_path), num_workers=0).setup("fit")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "safetensors"])
+def test_an_image_or_safetensors_file_as_ckpt_path_is_named_for_what_it_is(tmp_path, kind, capsys):
+    """Before: "holds Python objects besides tensors", which is not the problem."""
+    from helpers import refused
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    if kind == "jpeg":
+        path = tmp_path / "photo.jpg"
+        Image.new("RGB", (8, 8)).save(path)
+        expected = f"error: {path} is a JPEG image, not a checkpoint; --ckpt_path takes a .ckpt a run wrote"
+    else:
+        path = tmp_path / "weights.safetensors"
+        save_file({"w": torch.zeros(2)}, str(path))
+        expected = (
+            f"error: {path} is a safetensors file of weights, not a Lightning checkpoint: start from it with "
+            "--model.init_args.pretrained (dense tasks: the backbone's --model.init_args.pretrained_backbone); "
+            "--ckpt_path takes a .ckpt a run wrote"
+        )
+    runs = ["--trainer.default_root_dir", str(tmp_path / "runs")]
+    args = ["validate", "--config", DIGITS, "--ckpt_path", str(path), *runs, *SHORT, *QUIET]
+    assert refused(args, capsys, tmp_path) == expected

@@ -91,3 +91,23 @@ class PoisonGradients(PoisonBatches):
         if trainer.global_step in self.steps:
             grad = next(p.grad for p in pl_module.parameters() if p.grad is not None)
             grad.view(-1)[0] = float("inf")
+
+
+class FileSizeLimitAtStep(Callback):
+    """Caps the size of any file this process writes from ``step`` on, as a full disk or a quota would: a later
+    write past ``limit_bytes`` fails with EFBIG (Python ignores SIGXFSZ, so the process is not killed).
+
+    Args:
+        step: the global step at which the cap starts.
+        limit_bytes: the largest file the process may write after that.
+    """
+
+    def __init__(self, step: int, limit_bytes: int):
+        self.step = step
+        self.limit_bytes = limit_bytes
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit_bytes, resource.RLIM_INFINITY))
