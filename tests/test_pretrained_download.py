@@ -18,8 +18,9 @@ from safetensors.torch import save
 from convnext_pl.errors import UserError
 from convnext_pl.models import create_model, load_pretrained
 from convnext_pl.weights.catalogue import CATALOGUE, Arch, Weights
+from convnext_pl.weights.command import main
 from convnext_pl.weights.download import hf_cache_dir, torch_cache_file
-from convnext_pl.weights.loading import check_architecture, main
+from convnext_pl.weights.loading import check_architecture
 
 
 class _Server:
@@ -311,3 +312,70 @@ def test_a_name_falls_back_to_its_url_when_the_hub_cannot_be_reached(server, cac
     )
     assert _same(load_pretrained(_atto(), "convnext_atto.test_fallback"), source)
     assert server.requests == ["/fallback.pth"]
+
+
+def _closed_port_url(path: str) -> str:
+    """A URL on 127.0.0.1 whose port nothing listens on: a host that cannot be reached, answering at once."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
+def test_a_released_name_without_network_or_cache_is_the_offline_sentence_without_retrying(
+    caches, monkeypatch
+):
+    """Before: 31 s and 12 lines of huggingface_hub's "Retrying in 8s" before the one good line. Now each host is
+    asked once, and neither the Hub client nor torch.hub is called when none answers."""
+    import huggingface_hub
+
+    import convnext_pl.weights.download as download
+
+    monkeypatch.setenv("HF_ENDPOINT", _closed_port_url(""))
+    url = _closed_port_url("/atto.pth")
+    _register(monkeypatch, "convnext_atto.test_no_network", url, hub="timm/convnext_atto.no_network")
+    asked = []
+    real_reachable = download.reachable
+    monkeypatch.setattr(download, "reachable", lambda u, **kw: asked.append(u) or real_reachable(u, **kw))
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda *a, **kw: pytest.fail("the Hub was called")
+    )
+    monkeypatch.setattr(
+        torch.hub, "download_url_to_file", lambda *a, **kw: pytest.fail("torch.hub was called")
+    )
+    with pytest.raises(UserError) as error:
+        load_pretrained(_atto(), "convnext_atto.test_no_network")
+    message = str(error.value)
+    assert message.startswith("convnext_atto.test_no_network is not in the cache and this machine is offline")
+    assert url in message and str(torch_cache_file(url)) in message and "\n" not in message
+    assert asked == [os.environ["HF_ENDPOINT"], url]
+
+
+def test_a_cached_file_of_other_contents_under_a_released_name_is_refused_and_a_good_one_hashed_once(
+    server, caches, monkeypatch
+):
+    import convnext_pl.weights.download as download
+
+    good = _official_bytes(_atto())
+    server.files["/released.pth"] = good
+    url = server.url("/released.pth")
+    _register(monkeypatch, "convnext_atto.test_cached", url, sha256=hashlib.sha256(good).hexdigest())
+    target = torch_cache_file(url)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(_official_bytes(_atto(num_classes=10)))  # other weights of the same shapes
+    with pytest.raises(UserError) as error:
+        load_pretrained(_atto(), "convnext_atto.test_cached")
+    assert str(error.value).startswith(
+        f"the cached file {target} is not the released convnext_atto.test_cached"
+    )
+    assert "python -m convnext_pl.weights download convnext_atto.test_cached" in str(error.value)
+    assert target.exists() and server.requests == []  # the user's file is kept; nothing is downloaded over it
+    target.write_bytes(good)
+    hashed = []
+    real_sha256 = download._sha256
+    monkeypatch.setattr(download, "_sha256", lambda p: hashed.append(p) or real_sha256(p))
+    for _ in range(3):
+        load_pretrained(_atto(), "convnext_atto.test_cached")
+    assert len(hashed) == 1 and server.requests == []  # hashed on first use, remembered after

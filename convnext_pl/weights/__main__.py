@@ -1,3 +1,3 @@
-from convnext_pl.weights.loading import main
+from convnext_pl.weights.command import main
 
 raise SystemExit(main())

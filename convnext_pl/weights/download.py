@@ -10,11 +10,19 @@ A download lands in ``<file>.partial`` and is renamed only once complete, its ha
 readable, so an interrupted run never leaves a file the next one would trust. ``HF_HUB_OFFLINE=1`` (or no
 network) is an ordinary state: a cached file is used without a request; a missing one is one sentence naming
 the file, its URL and where to put it by hand. The environment is read at each call, not at import.
+
+Without ``HF_HUB_OFFLINE`` a host that cannot be reached is found with one connection attempt per process
+(:func:`reachable`), so no network means one sentence at once rather than huggingface_hub's retries. A cached
+file whose hash is known (the catalogue's SHA-256, a ``-<hex>`` prefix in its name, a Hub blob's name) is hashed
+on first use and the result remembered (``verified.json`` in torch.hub's folder, by size and modification time),
+so a file of other contents under a released name is refused and a cache hit stays fast.
 """
 
 import hashlib
+import json
 import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,10 +105,14 @@ def _fetch_entry(entry: Weights, check: Callable[[Path], object] | None) -> Path
 
     Offline, whichever copy is already cached is used.
     """
-    cached = [p for p in (_hf_cached(entry.hf_hub_id), _url_cached(entry.url)) if p is not None]
-    if cached:
-        return cached[0]
-    if offline():
+    hub_copy = _hf_cached(entry.hf_hub_id)
+    if hub_copy is not None:
+        return _checked(hub_copy, _blob_sha256(hub_copy), entry.name)
+    url_copy = _url_cached(entry.url)
+    if url_copy is not None:
+        return _checked(url_copy, entry.sha256 or _name_hash_prefix(url_copy), entry.name)
+    hosts = [url for url in (hub_endpoint() if entry.hf_hub_id else None, entry.url) if url]
+    if offline() or not any(reachable(url) for url in hosts):
         raise UserError(_offline_sentence(entry.name, entry.url, entry.hf_hub_id))
     if entry.hf_hub_id:
         try:  # the Hub's own SHA-256 is checked; the entry's sha256 is the URL file's
@@ -110,6 +122,77 @@ def _fetch_entry(entry: Weights, check: Callable[[Path], object] | None) -> Path
                 raise
             # The Hub unreachable (a firewall that lets the official server through) or refusing: try the URL.
     return download_url(entry.url, sha256=entry.sha256, check=check, name=entry.name)
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+_REACHABLE: dict[tuple[str, int], bool] = {}
+_PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether ``url``'s host accepts a connection: asked once per process and host (a name that does not resolve
+    answers at once, a firewall that drops packets after ``timeout`` seconds). Behind a proxy the transfer goes
+    through it, so the host is not asked."""
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return True
+    parsed = urlparse(url)
+    if not parsed.hostname:
+        return True
+    key = (parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
+    if key not in _REACHABLE:
+        try:
+            socket.create_connection(key, timeout=timeout).close()
+            _REACHABLE[key] = True
+        except OSError:
+            _REACHABLE[key] = False
+    return _REACHABLE[key]
+
+
+def _name_hash_prefix(path: Path) -> str | None:
+    match = torch.hub.HASH_REGEX.search(path.name)  # torch.hub's `name-<hex>.pth`
+    return match.group(1) if match else None
+
+
+def _blob_sha256(path: Path) -> str | None:
+    blob = path.resolve()
+    return blob.name if _SHA256.match(blob.name) else None  # the Hub's LFS blobs are named by their SHA-256
+
+
+def _checked(path: Path, expected: str | None, what: str) -> Path:
+    """``path`` when its SHA-256 starts with ``expected`` (the full hash or torch.hub's prefix), or no hash is
+    known. The hash of a file is computed once: ``verified.json`` remembers it by size and modification time."""
+    if not expected:
+        return path
+    real = path.resolve()
+    stat = real.stat()
+    record = Path(torch.hub.get_dir()) / "verified.json"
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(str(real))
+    if entry and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
+        digest = entry[2]
+    else:
+        digest = _sha256(real)
+        known[str(real)] = [stat.st_size, stat.st_mtime_ns, digest]
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            partial = record.with_name(f"{record.name}.{os.getpid()}.partial")
+            partial.write_text(json.dumps(known))
+            os.replace(partial, record)
+        except OSError:
+            pass  # a read-only cache: the file is hashed again next time
+    if not digest.startswith(expected.lower()):
+        raise UserError(
+            f"the cached file {path} is not the released {what}: its SHA-256 begins {digest[:12]}, the release's "
+            f"{expected.lower()[:12]}; delete it and run 'python -m convnext_pl.weights download {what}', or put "
+            "the released file there"
+        )
+    return path
 
 
 def _url_cached(url: str | None) -> Path | None:
@@ -152,10 +235,10 @@ def download_url(
     A hash is checked when known: ``sha256``, or the prefix torch.hub reads from a file name ``name-<hex>.pth``.
     """
     target = torch_cache_file(url)
-    if target.is_file():
-        return target  # cache hit: no request at all
     what = name or target.name
-    if offline():
+    if target.is_file():  # cache hit: no request at all
+        return _checked(target, sha256 or _name_hash_prefix(target), what)
+    if offline() or not reachable(url):
         raise UserError(_offline_sentence(what, url, None))
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
@@ -219,8 +302,8 @@ def download_hf(
     for filename in filenames:
         cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
         if isinstance(cached, str):
-            return Path(cached)
-    if offline():
+            return _checked(Path(cached), sha256 or _blob_sha256(Path(cached)), name or f"hf-hub:{repo_id}")
+    if offline() or not reachable(hub_endpoint()):
         raise UserError(_offline_sentence(name or f"hf-hub:{repo_id}", url, repo_id))
     for filename in filenames:
         try:
@@ -242,9 +325,7 @@ def download_hf(
 
 def _verify_hf_download(path: Path, sha256: str | None, check, repo_id: str) -> None:
     blob = path.resolve()
-    expected = sha256 or (
-        blob.name if _SHA256.match(blob.name) else None
-    )  # LFS blobs are named by their SHA-256
+    expected = sha256 or _blob_sha256(path)
     try:
         if expected and _sha256(blob) != expected.lower():
             raise UserError(f"its SHA-256 is not the Hub's {expected}")
