@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import refused, tiny_segmentation
 from PIL import Image
 from torchvision import tv_tensors
 
@@ -137,3 +138,32 @@ def test_fewer_images_than_one_batch(ade_root):
     dm.setup("fit")
     with pytest.raises(UserError, match="fewer than one batch of 8"):
         dm.train_dataloader()
+
+
+def test_a_set_whose_labels_are_all_ignored_is_named_as_such_before_training(tmp_path, capsys):
+    """ADE20K label maps of only 0 ("other"): after reduce_zero_label every pixel is 255, so nothing can be
+    learned. main.py's fit says so in set-up (before it said "loss is nan ... lower model.lr")."""
+    root = write_scenes(tmp_path / "ADEChallengeData2016", 4, 2, image_size=40, seed=1)
+    for label in (root / "annotations" / "training").iterdir():
+        Image.fromarray(np.zeros_like(np.array(Image.open(label)))).save(label)
+    line = refused(["fit", *tiny_segmentation(root, tmp_path / "runs")], capsys, tmp_path)
+    folder = root / "annotations" / "training"
+    assert line == (
+        f"error: every pixel of the first 4 label maps in '{folder}' is the ignore value 255 after "
+        "reduce_zero_label (which makes class 0 the ignore value): there is no class to learn; check the label "
+        "PNGs, or set data.init_args.reduce_zero_label false if 0 is a class"
+    )
+
+
+def test_a_batch_without_labelled_pixels_has_loss_zero_not_nan():
+    from convnext_pl.tasks.segmentation import SemanticSegmenter
+
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = SemanticSegmenter._pixel_loss(logits, torch.full((2, 4, 4), 255))
+    assert loss.item() == 0.0
+    labels = torch.randint(0, 3, (2, 4, 4))
+    labels[0] = 255
+    expected = torch.nn.functional.cross_entropy(
+        logits, labels, ignore_index=255
+    )  # torch's mean over labelled
+    assert torch.allclose(SemanticSegmenter._pixel_loss(logits, labels), expected)

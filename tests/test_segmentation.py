@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import CPU, EXPERIMENTS, run_main, tiny_segmentation
+from helpers import CPU, EXPERIMENTS, refused, run_main, tiny_segmentation
 from lightning import Callback
 from PIL import Image
 
@@ -164,7 +164,7 @@ def test_pretrained_backbone_and_released_layout_load_in_setup(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "size,decay_type,num_layers,drop_path", [("tiny", "stage_wise", 6, 0.4), ("base", "layer_wise", 12, 0.4)]
+    "size,decay_type,num_layers,drop_path", [("tiny", "stage_wise", 6, 0.4), ("base", "stage_wise", 12, 0.4)]
 )
 def test_ade20k_configs_carry_the_official_recipe(size, decay_type, num_layers, drop_path):
     import yaml
@@ -194,3 +194,19 @@ def test_checkpoint_of_another_class_count_is_one_sentence():
     task = SemanticSegmenter(create_upernet("convnext_atto", 5, channels=16))
     with pytest.raises(UserError, match=r"'net\.decode_head\.conv_seg\.weight' has shape \(7, 16, 1, 1\)"):
         task.on_load_checkpoint({"state_dict": saved})
+
+
+def test_batch_size_one_is_refused_before_training_with_the_reason(tmp_path, capsys):
+    """One image per batch leaves the pyramid pooling's BatchNorm one value per channel (torch: "Expected more
+    than 1 value per channel"); main.py's fit refuses it in set-up, before an epoch is spent."""
+    args = [
+        "fit",
+        *tiny_segmentation(tmp_path / "scenes", tmp_path / "runs"),
+        "--data.init_args.batch_size=1",
+    ]
+    line = refused(args, capsys, tmp_path)
+    assert line == (
+        "error: data.init_args.batch_size 1 cannot train UperNet: the BatchNorm after its pyramid pooling sees "
+        "one value per channel on a 1x1 map; use batch_size 2 or more (or several GPUs with "
+        "trainer.sync_batchnorm true)"
+    )

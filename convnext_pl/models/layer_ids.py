@@ -79,7 +79,7 @@ def dense_layer_ids(
     Args:
         model: the whole model.
         decay_type: "layer_wise" or "stage_wise" (official ``paramwise_cfg.decay_type``).
-        num_layers: official ``paramwise_cfg.num_layers`` (6 for T stage-wise, 12 for S/B layer-wise).
+        num_layers: official ``paramwise_cfg.num_layers`` (ADE20K: 6 for T, 12 for S/B/L/XL, all stage-wise).
         backbone_prefix: where the ConvNeXt's parameters are named (mmseg and mmdet: ``backbone.``; torchvision's
             detectors: ``backbone.body.``), read as ``backbone.`` by the official functions; every other
             parameter (neck, heads) gets ``num_layers + 1``, the full lr.

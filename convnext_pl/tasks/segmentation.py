@@ -144,7 +144,23 @@ class SemanticSegmenter(TaskModule):
                 "trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on CPU processes); "
                 "set trainer.sync_batchnorm false on the CPU."
             )
+        if stage == "fit" and self._trainer is not None:
+            self._refuse_one_image_batches()
         super().setup(stage)
+
+    def _refuse_one_image_batches(self) -> None:
+        """Training BatchNorm needs two values per channel, and the pyramid pooling's 1x1 map has one per image:
+        batches of one train only where SyncBatchNorm pools them over several processes (mmseg alike)."""
+        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        synced = (
+            getattr(self.trainer.strategy, "_layer_sync", None) is not None and self.trainer.world_size > 1
+        )
+        if batch_size == 1 and not synced:
+            raise UserError(
+                "data.init_args.batch_size 1 cannot train UperNet: the BatchNorm after its pyramid pooling sees "
+                "one value per channel on a 1x1 map; use batch_size 2 or more (or several GPUs with "
+                "trainer.sync_batchnorm true)"
+            )
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -169,8 +185,12 @@ class SemanticSegmenter(TaskModule):
 
     @staticmethod
     def _pixel_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        # mmseg: scores upsampled (bilinear) to the label's size, then CE averaged over the labelled pixels.
-        return F.cross_entropy(resize(logits, labels.shape[-2:]), labels, ignore_index=IGNORE_INDEX)
+        # mmseg: scores upsampled (bilinear) to the label's size, then CE averaged over the labelled pixels. A
+        # batch without one (a crop of "other" only) gives 0, not torch's 0/0 = nan, which reads as divergence.
+        pixels = F.cross_entropy(
+            resize(logits, labels.shape[-2:]), labels, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        return pixels / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
     def _evaluate(self, batch, split: str) -> None:
         images, labels = batch
