@@ -141,6 +141,17 @@ class MaskRCNNDetector(TaskModule):
     def prediction_writer(self) -> "DetectionWriter":
         return DetectionWriter()
 
+    def setup(self, stage: str) -> None:
+        data_has_masks = (
+            getattr(self.trainer.datamodule, "has_masks", None) if self._trainer is not None else None
+        )
+        if self.has_masks and data_has_masks is False and stage in ("fit", "validate", "test"):
+            raise UserError(
+                "the COCO annotations have no 'segmentation' (a box-only export) but the network is Mask R-CNN; "
+                "train a box-only detector with --model.init_args.net.init_args.masks false"
+            )
+        super().setup(stage)
+
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, images: list[torch.Tensor]) -> list[dict]:
         """Detections for a list of (3, H, W) images in [0, 1], in the images' own pixel coordinates."""
@@ -188,7 +199,8 @@ class MaskRCNNDetector(TaskModule):
         results = metric.compute()
         metric.reset()
         values = {}
-        for iou_type, name in IOU_TYPES.items():
+        for iou_type in metric.iou_type:  # a box-only detector has no mask figures to log
+            name = IOU_TYPES[iou_type]
             for key, coco_name in COCO_METRICS.items():
                 full_key = f"{iou_type}_{key}" if len(metric.iou_type) > 1 else key
                 if full_key in results:

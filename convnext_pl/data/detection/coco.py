@@ -2,100 +2,48 @@
 
 The official layout is ``<root>/train2017/``, ``<root>/val2017/`` and ``<root>/annotations/instances_{split}.json``.
 Images and annotations are read by torchvision's ``CocoDetection`` wrapped for ``transforms.v2``, so boxes and
-masks are transformed together with the image. What the official mmdet 2.x pipeline does (docs/paper.md §6):
-
-- training skips images without annotations and images under 32 pixels (mmdet ``CocoDataset._filter_imgs``), and
-  ignores crowd annotations (mmdet puts them in ``gt_bboxes_ignore``, which Mask R-CNN does not use);
-- the DETR-style multi-scale augmentation of the official 3x config (:func:`detr_train_transform`);
-- evaluation images come at their original size: the model resizes them (shorter side 800, long side <= 1333)
-  and maps its detections back, so boxes and masks are scored against the original annotations, crowds
-  included with ``iscrowd`` as pycocotools does.
+masks are transformed together with the image. As the official mmdet 2.x pipeline (docs/paper.md §6): training
+uses the annotations :mod:`~convnext_pl.data.detection.annotations` keeps (no crowds, no degenerate boxes), skips
+images left without one and images under 32 pixels (mmdet ``CocoDataset._filter_imgs``), and augments with the
+official 3x config's DETR-style multi-scale recipe (:func:`detr_train_transform`); evaluation images come at their
+original size (the model resizes them and maps its detections back), scored against the annotations as given,
+crowds included with ``iscrowd``, as pycocotools does.
 
 Batches are ``(images, targets)``: a list of float ``(3, H, W)`` images in [0, 1] of varying sizes, and a list of
-dicts with ``boxes`` (``(N, 4)`` XYXY pixels), ``labels`` (1..num_classes; 0 is the background),
-``masks`` (``(N, H, W)`` uint8), ``iscrowd``, ``area`` and ``image_id``.
-"""
+dicts with ``boxes`` (``(N, 4)`` XYXY pixels), ``labels`` (1..num_classes; 0 is the background), ``masks``
+(``(N, H, W)`` uint8; absent for a box-only file), ``iscrowd``, ``area`` and ``image_id``."""
 
 import contextlib
 import io
 import json
+import sys
 from pathlib import Path
 
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
-from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
-from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+from torchvision.datasets import CocoDetection, VisionDataset, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2
 
+from convnext_pl.data.base import TaskDataModule
+from convnext_pl.data.detection.annotations import (
+    check_for_evaluation,
+    check_same_categories,
+    clean_for_training,
+    has_segmentations,
+    read_annotation_file,
+)
+from convnext_pl.data.detection.transforms import (
+    CROP_SCALES,
+    CROP_SIZE,
+    MAX_SIZE,
+    TRAIN_SCALES,
+    detr_train_transform,
+)
 from convnext_pl.errors import UserError
 
-TRAIN_SCALES = tuple(range(480, 801, 32))  # official: shorter side 480..800 in steps of 32
-CROP_SCALES = (400, 500, 600)  # official: the crop branch first resizes to one of these
-CROP_SIZE = (384, 600)  # official: RandomCrop crop_type "absolute_range"
-MAX_SIZE = 1333  # official: long side at most 1333
 MIN_IMAGE_SIZE = 32  # mmdet skips training images smaller than this
-
-
-class RandomSizeCrop(v2.Transform):
-    """Crop a random ``h x w`` window with ``h, w`` drawn uniformly from ``[min(side, lo), min(side, hi)]``.
-
-    mmdet's ``RandomCrop(crop_type="absolute_range")``; transforms.v2 has no crop whose size is drawn from a
-    range without resizing afterwards (``RandomResizedCrop`` resizes), so it is written here on ``F.crop``.
-    """
-
-    def __init__(self, min_size: int, max_size: int):
-        super().__init__()
-        self.min_size, self.max_size = min_size, max_size
-
-    def make_params(self, flat_inputs: list) -> dict:
-        height, width = v2.query_size(flat_inputs)
-        crop_h = int(torch.randint(min(height, self.min_size), min(height, self.max_size) + 1, ()))
-        crop_w = int(torch.randint(min(width, self.min_size), min(width, self.max_size) + 1, ()))
-        top = int(torch.randint(0, height - crop_h + 1, ()))
-        left = int(torch.randint(0, width - crop_w + 1, ()))
-        return dict(top=top, left=left, height=crop_h, width=crop_w)
-
-    def transform(self, inpt, params: dict):
-        return self._call_kernel(v2.functional.crop, inpt, **params)
-
-
-def detr_train_transform(
-    scales=TRAIN_SCALES, crop_scales=CROP_SCALES, crop_size=CROP_SIZE, max_size: int = MAX_SIZE
-) -> v2.Transform:
-    """The official training augmentation (mmdet ``AutoAugment`` with two policies, after DETR).
-
-    Flip with probability 0.5; then with probability 1/2 resize the shorter side to one of ``scales`` (long side
-    at most ``max_size``), else resize to one of ``crop_scales``, crop a random ``crop_size`` window and resize to
-    one of ``scales``. Boxes are clipped to the crop and boxes left empty are removed with their masks and labels.
-    Normalisation and padding to a multiple of 32 happen in the model (torchvision's ``GeneralizedRCNNTransform``).
-    """
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(0.5),
-            v2.RandomChoice(
-                [
-                    v2.RandomShortestSize(list(scales), max_size),
-                    v2.Compose(
-                        [
-                            v2.RandomShortestSize(list(crop_scales), max_size),
-                            RandomSizeCrop(*crop_size),
-                            v2.RandomShortestSize(list(scales), max_size),
-                        ]
-                    ),
-                ]
-            ),
-            v2.ClampBoundingBoxes(),
-            v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_box_fields),
-        ]
-    )
-
-
-def _box_fields(sample) -> tuple:
-    """The per-box tensors that must lose the same rows as the boxes (SanitizeBoundingBoxes' labels_getter)."""
-    _, target = sample
-    return target["labels"], target["iscrowd"], target["area"]
 
 
 class COCOInstances(Dataset):
@@ -104,20 +52,27 @@ class COCOInstances(Dataset):
     Args:
         image_dir: folder of the split's images.
         annotation_file: the split's ``instances_*.json``.
-        train: skip images without annotations (and under 32 pixels), drop crowd annotations.
+        train: clean the annotations for training (``annotations.clean_for_training``), skip images left without
+            one (and images under 32 pixels); else check them for evaluation.
         transform: a ``transforms.v2`` transform of ``(image, target)``; images are float in [0, 1] already.
     """
 
     def __init__(
         self, image_dir: Path, annotation_file: Path, train: bool, transform: v2.Transform | None = None
     ):
-        _check_annotation_file(annotation_file)
+        document = read_annotation_file(annotation_file)
         if not image_dir.is_dir():
             raise UserError(f"COCO image folder {image_dir} does not exist; put the split's images there.")
+        self.has_masks = has_segmentations(document)  # False: a box-only export
+        self.categories = document["categories"]
+        self.summary = None  # the line counting the annotations training leaves out
+        if train:
+            document, self.summary = clean_for_training(document, annotation_file, self.has_masks)
+        else:
+            check_for_evaluation(document, annotation_file, self.has_masks)
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress on every load
-                dataset = CocoDetection(str(image_dir), str(annotation_file))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            dataset = _CocoFromDocument(image_dir, document)
+        except (KeyError, TypeError) as err:
             raise UserError(
                 f"{annotation_file} is not a COCO annotation file ({type(err).__name__}: {err}); "
                 "give the instances_*.json of the official download"
@@ -136,7 +91,7 @@ class COCOInstances(Dataset):
                 and min(coco.imgs[i]["width"], coco.imgs[i]["height"]) >= MIN_IMAGE_SIZE
             ]
         self.ids = dataset.ids
-        keys = ("image_id", "boxes", "labels", "masks", "iscrowd", "area")
+        keys = ("image_id", "boxes", "labels", "iscrowd", "area") + (("masks",) if self.has_masks else ())
         self.dataset = wrap_dataset_for_transforms_v2(dataset, target_keys=keys)
 
     def __len__(self) -> int:
@@ -153,14 +108,16 @@ class COCOInstances(Dataset):
         target = self._contiguous(target, tuple(image.shape[-2:]))
         if self.transform is not None:
             image, target = self.transform(image, target)
-        return image, {
+        out = {
             "image_id": target["image_id"],
             "boxes": target["boxes"].as_subclass(torch.Tensor),
             "labels": target["labels"],
-            "masks": target["masks"].as_subclass(torch.Tensor),
             "iscrowd": target["iscrowd"],
             "area": target["area"],
         }
+        if self.has_masks:
+            out["masks"] = target["masks"].as_subclass(torch.Tensor)
+        return image, out
 
     def _contiguous(self, target: dict, size: tuple[int, int]) -> dict:
         """Tensors for every key (an image without annotations gets empty ones), COCO ids -> labels 1..K."""
@@ -169,32 +126,33 @@ class COCOInstances(Dataset):
         # Crowds are not trained on (mmdet: gt_bboxes_ignore, which Mask R-CNN does not use).
         keep = iscrowd == 0 if self.train else torch.ones(count, dtype=torch.bool)
         boxes = target.get("boxes", torch.zeros(0, 4)).float()  # integer boxes in a JSON load as int64
-        masks = target.get("masks", torch.zeros(0, *size, dtype=torch.uint8))
         labels = [self.label_of[int(c)] for c in target.get("labels", [])]
-        return {
+        contiguous = {
             "image_id": target["image_id"],
             "boxes": tv_tensors.BoundingBoxes(boxes[keep], format="XYXY", canvas_size=size),
             "labels": torch.tensor(labels, dtype=torch.int64)[keep],
-            "masks": tv_tensors.Mask(masks[keep]),
             "iscrowd": iscrowd[keep],
             "area": torch.tensor(target.get("area", []), dtype=torch.float32).reshape(count)[keep],
         }
+        if self.has_masks:
+            masks = target.get("masks", torch.zeros(0, *size, dtype=torch.uint8))
+            contiguous["masks"] = tv_tensors.Mask(masks[keep])
+        return contiguous
 
 
-def _check_annotation_file(path: Path) -> None:
-    if not path.is_file():
-        raise UserError(
-            f"COCO annotation file {path} does not exist; download the annotations or fix data.root."
-        )
-    try:
-        document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err}); download it again") from err
-    missing = [key for key in ("images", "annotations", "categories") if key not in document]
-    if not isinstance(document, dict) or missing:
-        raise UserError(
-            f"{path} is not a COCO annotation file (it lacks {', '.join(missing) or 'a top-level dict'})."
-        )
+class _CocoFromDocument(CocoDetection):
+    """torchvision's ``CocoDetection`` on an annotation document already read (and cleaned): a 450 MB
+    ``instances_train2017.json`` is parsed once, not again by pycocotools."""
+
+    def __init__(self, image_dir: Path, document: dict):
+        from pycocotools.coco import COCO
+
+        VisionDataset.__init__(self, str(image_dir))
+        self.coco = COCO()
+        self.coco.dataset = document
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            self.coco.createIndex()
+        self.ids = sorted(self.coco.imgs.keys())
 
 
 def collate_detection(batch: list) -> tuple[list, list]:
@@ -214,7 +172,7 @@ def _check_relations(train_scales, crop_scales, crop_size) -> None:
         )
 
 
-class COCODataModule(LightningDataModule):
+class COCODataModule(TaskDataModule):
     """COCO instance segmentation in the official layout (see the module docstring).
 
     Args:
@@ -280,6 +238,22 @@ class COCODataModule(LightningDataModule):
             )
         if "val" not in self.datasets:
             self.datasets["val"] = COCOInstances(*self.split_paths(self.val_split), train=False)
+        if stage == "fit":
+            train, val = self.datasets["train"], self.datasets["val"]
+            check_same_categories(
+                train.categories,
+                val.categories,
+                self.split_paths(self.train_split)[1],
+                self.split_paths(self.val_split)[1],
+            )
+            if train.summary and (self.trainer is None or self.trainer.is_global_zero):
+                print(train.summary, file=sys.stderr, flush=True)
+
+    @property
+    def has_masks(self) -> bool | None:
+        """Whether the annotations have masks (False: a box-only export, for a box-only detector; None: not set
+        up yet)."""
+        return self.datasets["val"].has_masks if "val" in self.datasets else None
 
     @property
     def category_ids(self) -> list[int]:
@@ -290,28 +264,33 @@ class COCODataModule(LightningDataModule):
     def class_names(self) -> list[str]:
         return self.datasets["val"].class_names
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=collate_detection,
             persistent_workers=self.num_workers > 0,
-            drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        """Shuffled training batches, resumable mid-epoch (``data/base.py``); the last smaller batch is kept."""
+        return self.resumable_train_loader(
+            self.datasets["train"],
+            self.batch_size,
+            self.num_workers,
+            collate_fn=collate_detection,
+            drop_last=False,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
 
 class COCOShapesDataModule(COCODataModule):
