@@ -313,3 +313,12 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
         raise SystemExit(SIGTERM_EXIT_CODE) from None
     finally:
         sys.argv = argv
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Destroy the process group a multi-process run set up (Lightning leaves it for reuse). Left to the
+    interpreter's exit, gloo's worker threads can still be running when their C++ objects are destroyed, and the
+    process aborts with "terminate called without an active exception" after the run finished: exit code 134."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
