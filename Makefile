@@ -29,7 +29,7 @@ demo-det: install ## Train Mask R-CNN + ConvNeXt-atto on the offline synthetic s
 	$(PY) main.py fit --config configs/experiment/coco_shapes_mask_rcnn.yaml
 
 # pytest-xdist workers (one per core of the 2-core reference machine); TEST_JOBS=0 runs in one process.
-# --dist loadgroup keeps the tests that share a run (a session or module fixture: tests/conftest.py, _shared_run_group)
+# --dist loadgroup keeps the tests that share a run (a session or module fixture: tests/xdist_groups.py)
 # on one worker, so that run is trained once; other tests go to whichever worker is free.
 TEST_JOBS ?= 2
 XDIST = $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadgroup)

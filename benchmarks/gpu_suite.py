@@ -1,7 +1,7 @@
 """One prepared measurement for a machine with one GPU (about 6 minutes), printed as one table.
 
     make gpu-suite                       # or: python benchmarks/gpu_suite.py --json runs/gpu_suite.json
-    python benchmarks/gpu_suite.py --dry-run   # every step on tiny sizes, on the CPU (tests/test_gpu_suite.py)
+    python benchmarks/gpu_suite.py --dry-run   # every step on tiny sizes, on the CPU (tests/gpu/test_gpu_suite.py)
 
 Steps, each a subprocess with its own time limit, run as a person would run them:
 

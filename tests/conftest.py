@@ -16,7 +16,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
-from helpers import DIGITS, run_main  # noqa: E402  (after the environment above)
+from helpers import DEMO_EPOCHS, DIGITS, run_main  # noqa: E402  (after the environment above)
 from xdist_groups import add_shared_run_groups  # noqa: E402
 
 from convnext_pl.export.formats import export  # noqa: E402
@@ -71,13 +71,22 @@ def digits_onnx(digits_ckpt, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """``python main.py fit --config configs/experiment/digits.yaml``, what `make demo` runs (12 epochs), once per
-    session: ``(root, result)`` with the run's ``--trainer.default_root_dir`` and its ``CompletedProcess``.
+    """``python main.py fit --config configs/experiment/digits.yaml``, the command `make demo` runs, for 2 of its 12
+    epochs (:data:`DEMO_EPOCHS`; the whole demo is 100 s of this machine), once per session: ``(root, result)`` with
+    the run's ``--trainer.default_root_dir`` and its ``CompletedProcess``.
 
-    Its users share one worker of `make test` (``_shared_run_group``), so it is trained once.
+    Its users share one worker of `make test` (``xdist_groups.py``), so it is trained once.
     """
     root = tmp_path_factory.mktemp("demo")
-    return root, run_main(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(root)], timeout=600)
+    command = [
+        "fit",
+        "--config",
+        DIGITS,
+        "--trainer.default_root_dir",
+        str(root),
+        f"--trainer.max_epochs={DEMO_EPOCHS}",
+    ]
+    return root, run_main(command, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """xdist groups from the fixtures a test uses: the users of one shared run go to one worker of `make test`.
 
-Kept apart from ``conftest.py`` (and free of torch) so ``tests/test_helpers.py`` can run it in a small suite of its
+Kept apart from ``conftest.py`` (and free of torch) so ``tests/cli/test_helpers.py`` can run it in a small suite of its
 own, which proves the grouping still reaches pytest-xdist after an upgrade of either.
 """
 

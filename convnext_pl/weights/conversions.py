@@ -2,7 +2,7 @@
 
 Each layout is a pair of functions over state dicts, ``<theirs>_to_<ours>`` and ``<ours>_to_<theirs>``, that
 rename keys (and reshape a tensor where the two layouts store one differently) without touching values.
-Every pair is tested both ways on random weights (``tests/test_conversions.py``).
+Every pair is tested both ways on random weights (``tests/weights/test_conversions.py``).
 
 - torchvision ResNet-50 <-> roadmap step 0 (``roadmap_00_resnet50``): ``conv1``/``bn1`` are the stem,
   ``layer{i}.{j}.bn{k}`` the block norms, ``downsample`` the projection shortcut, ``fc`` the head.

@@ -3,7 +3,7 @@
 that break runs on purpose (``helpers.callbacks``). Fixtures live in ``tests/conftest.py``.
 """
 
-from .cli_args import CPU, QUIET, SHORT, tiny_detection, tiny_segmentation
+from .cli_args import CPU, DEMO_EPOCHS, QUIET, SHORT, tiny_detection, tiny_segmentation
 from .paths import CONFIGS, DIGITS, EXPERIMENTS, NOTEBOOKS, ROOT, TESTS
 from .processes import run_main, run_python
 from .refusals import refused, run_folders
@@ -12,6 +12,7 @@ from .training import atto_classifier, quiet_trainer, synthetic_data
 __all__ = [
     "CONFIGS",
     "CPU",
+    "DEMO_EPOCHS",
     "DIGITS",
     "EXPERIMENTS",
     "NOTEBOOKS",

@@ -11,6 +11,8 @@ QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=
 # `limit_val_batches=1`: Trainer declares it `float | int`, so the CLI parses "1" as 1.0, which Lightning reads as
 # 100% of the batches; "2" parses as 2.0, which Lightning reads as two batches.
 SHORT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2"]
+# Epochs of the digits demo the suite trains (conftest.demo_run): `make demo` runs 12, 100 s of the reference machine.
+DEMO_EPOCHS = 2
 # One CPU process, whatever the config asks for (GPU configs are parsed on this machine too).
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto"]
 

@@ -17,11 +17,19 @@ _LAUNCH_VARIABLES = (
 )
 
 
+# tests/ (the helpers) and each part's folder (tests/training ...), so a child finds a callback defined in a test
+# module by its module name (``test_strategies.RankReport``), as pytest's own imports do.
+_TEST_FOLDERS = [
+    str(TESTS),
+    *(str(p) for p in sorted(TESTS.iterdir()) if p.is_dir() and any(p.glob("test_*.py"))),
+]
+
+
 def run_python(args: list[str], *, timeout: float = 300, check: bool = True, env: dict | None = None):
     """``python ARGS`` from the repository root; returns the ``CompletedProcess`` (text output captured).
 
     The child runs single-threaded (``OMP_NUM_THREADS=1``: on a shared 2-core machine OpenMP threads of parallel
-    tests spin-wait on each other) and finds ``tests/`` on ``PYTHONPATH``, so test callbacks can be named by class
+    tests spin-wait on each other) and finds ``tests/`` and its parts on ``PYTHONPATH``, so test callbacks can be named by class
     path (``helpers.callbacks.SignalAtStep``). ``env`` adds or overrides variables. With ``check`` a non-zero exit
     fails the test with the output's tail; a run past ``timeout`` seconds fails it with what it printed so far.
     """
@@ -31,7 +39,7 @@ def run_python(args: list[str], *, timeout: float = 300, check: bool = True, env
         # the DDP launch fails with EADDRINUSE. Each child picks its own free port instead.
         **{key: value for key, value in os.environ.items() if key not in _LAUNCH_VARIABLES},
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [*_TEST_FOLDERS, os.environ.get("PYTHONPATH")])),
         **(env or {}),
     }
     command = [sys.executable, *args]

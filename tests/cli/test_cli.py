@@ -55,7 +55,7 @@ def test_every_experiment_trains_two_steps_and_validates_on_synthetic_data(exper
             "--model.net.init_args.name",
             "convnext_atto",
             # The fine-tuning experiments name released weights of their full-size network, which the shrunk
-            # network cannot take (tests/test_pretrained_configs.py checks those names and architectures).
+            # network cannot take (tests/weights/test_pretrained_configs.py checks those names and architectures).
             "--model.pretrained",
             "null",
         ]
@@ -99,7 +99,7 @@ def test_every_trainer_config_composes_with_an_experiment(trainer, tmp_path, mon
     args = ["--config", DIGITS, "--config", str(trainer), "--trainer.default_root_dir", str(tmp_path)]
     if _needs_gpu(trainer) and not torch.cuda.is_available():
         # Parse and type-check only: building it needs a GPU, and the CLI's refusal of a GPU piece on this machine
-        # (one error: line, tests/test_trainer_pieces.py) is set aside so the composition itself is checked.
+        # (one error: line, tests/training/test_trainer_pieces.py) is set aside so the composition itself is checked.
         monkeypatch.setattr(
             "convnext_pl.training.cli.refuse_what_this_machine_cannot_run", lambda trainer: None
         )

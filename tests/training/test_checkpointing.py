@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn as nn
-from helpers import DIGITS, QUIET, quiet_trainer, run_main
+from helpers import DEMO_EPOCHS, DIGITS, QUIET, quiet_trainer, run_main
 from torch.utils.data import DataLoader, TensorDataset
 
 from convnext_pl.errors import UserError
@@ -208,12 +208,12 @@ def test_resuming_from_last_continues_after_the_final_step_not_after_the_best_ep
 
 @pytest.mark.slow
 def test_make_demo_ends_with_last_ckpt_at_the_final_step(demo_run):
-    """The digits demo as `make demo` runs it: 12 epochs of 22 optimizer steps."""
+    """The digits demo as `make demo` runs it (for DEMO_EPOCHS of its epochs): 22 optimizer steps an epoch."""
     root, result = demo_run
     last = root / "digits" / "version_0" / "checkpoints" / "last.ckpt"
     assert f"Last checkpoint:  {last}" in result.stdout
     checkpoint = _load(last)
-    assert (checkpoint["global_step"], checkpoint["epoch"]) == (264, 11)
+    assert (checkpoint["global_step"], checkpoint["epoch"]) == (22 * DEMO_EPOCHS, DEMO_EPOCHS - 1)
 
 
 def test_a_checkpoint_that_cannot_be_written_is_one_error_line_and_the_previous_last_ckpt_stays(tmp_path):

@@ -205,7 +205,7 @@ def test_fsdp_yaml_wraps_and_checkpoints_each_convnext_block():
 def test_fsdp2_yaml_is_pure_data_parallel():
     strategy = resolve_strategy("configs/trainer/fsdp2.yaml")
     assert isinstance(strategy, ModelParallelStrategy)
-    # "auto" until the Trainer knows the devices: then devices x num_nodes (tests/test_trainer_pieces.py).
+    # "auto" until the Trainer knows the devices: then devices x num_nodes (tests/training/test_trainer_pieces.py).
     assert strategy._data_parallel_size == "auto"
     assert strategy._tensor_parallel_size == 1
 
