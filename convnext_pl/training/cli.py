@@ -36,8 +36,10 @@ from convnext_pl.training.checkpointing import (
 from convnext_pl.training.cli_checks import (
     check_config_files,
     check_image_size,
+    hold_startup_lines,
     import_class,
     quiet_known_noise,
+    release_startup_lines,
 )
 from convnext_pl.training.guards import NonFiniteLossGuard
 from convnext_pl.training.parallel import refuse_what_this_machine_cannot_run
@@ -297,6 +299,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
     """
     argv = sys.argv
     quiet_known_noise()
+    hold_startup_lines()
     try:
         with one_line_errors():
             check_config_files(argv[1:] if args is None else args)
@@ -313,6 +316,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
         raise SystemExit(SIGTERM_EXIT_CODE) from None
     finally:
         sys.argv = argv
+        # A refused run prints its error line alone; any other ending shows what Lightning said on the way.
+        release_startup_lines(print_them=sys.exc_info()[0] is not SystemExit)
         end_process_group()
 
 

@@ -30,6 +30,46 @@ def quiet_known_noise() -> None:
     )
 
 
+class _HeldStartupLines(logging.Filter):
+    """Holds Lightning's information lines ("Seed set to 0", "GPU available ...") until the run really starts:
+    a mistake found while the Trainer, the data or the weights are set up then prints its one ``error:`` line
+    alone. Warnings and errors pass at once. Installed on the handlers Lightning gives its two loggers."""
+
+    def __init__(self):
+        super().__init__()
+        self.holding, self.held = False, []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.holding and record.levelno < logging.WARNING:
+            self.held.append(record)
+            return False
+        return True
+
+
+_STARTUP = _HeldStartupLines()
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+
+def _lightning_handlers() -> list[logging.Handler]:
+    return [handler for name in _LIGHTNING_LOGGERS for handler in logging.getLogger(name).handlers]
+
+
+def hold_startup_lines() -> None:
+    """Start holding Lightning's information lines (see :class:`_HeldStartupLines`)."""
+    for handler in _lightning_handlers():
+        if _STARTUP not in handler.filters:
+            handler.addFilter(_STARTUP)
+    _STARTUP.holding, _STARTUP.held = True, []
+
+
+def release_startup_lines(print_them: bool = True) -> None:
+    """The run has started (or failed, ``print_them=False``): print the held lines in order, then let lines pass."""
+    held, _STARTUP.holding, _STARTUP.held = _STARTUP.held, False, []
+    if print_them:
+        for record in held:
+            logging.getLogger(record.name).handle(record)
+
+
 def import_class(class_path: str) -> type:
     module_name, _, class_name = class_path.rpartition(".")
     return getattr(importlib.import_module(module_name), class_name)

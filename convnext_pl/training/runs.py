@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from convnext_pl.errors import UserError
 from convnext_pl.training.checkpointing import find_last_checkpoint
+from convnext_pl.training.cli_checks import release_startup_lines
 from convnext_pl.training.resume import refuse_a_changed_resume
 
 DEFAULT_ROOT_DIR = "runs"
@@ -208,6 +209,7 @@ class SaveConfigWhenTheRunStarts(SaveConfigCallback):
         pass
 
     def _save_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        release_startup_lines()  # the run has started: Lightning's start-up lines print now, before its progress
         if not self.already_saved:
             super().setup(trainer, pl_module, trainer.state.stage.value if trainer.state.stage else "fit")
 
