@@ -137,30 +137,25 @@ class SemanticSegmenter(TaskModule):
         return MaskWriter()
 
     def setup(self, stage: str) -> None:
-        strategy = self.trainer.strategy if self._trainer is not None else None
-        if stage == "fit" and getattr(strategy, "_layer_sync", None) and strategy.root_device.type == "cpu":
-            # torch's DDP refuses SyncBatchNorm on CPU processes with a message about "GPU modules".
-            raise UserError(
-                "trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on CPU processes); "
-                "set trainer.sync_batchnorm false on the CPU."
-            )
         if stage == "fit" and self._trainer is not None:
-            self._refuse_one_image_batches()
+            synced = getattr(self.trainer.strategy, "_layer_sync", None) is not None  # trainer.sync_batchnorm
+            if synced and self.trainer.strategy.root_device.type == "cpu":
+                # torch's DDP refuses SyncBatchNorm on CPU processes with a message about "GPU modules".
+                raise UserError(
+                    "trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on CPU processes); "
+                    "set trainer.sync_batchnorm false on the CPU."
+                )
+            # Training BatchNorm needs two values per channel, and the pyramid pooling's 1x1 map has one per
+            # image: batches of one train only where SyncBatchNorm pools them over several processes (as mmseg).
+            if getattr(self.trainer.datamodule, "batch_size", None) == 1 and not (
+                synced and self.trainer.world_size > 1
+            ):
+                raise UserError(
+                    "data.init_args.batch_size 1 cannot train UperNet: the BatchNorm after its pyramid pooling sees "
+                    "one value per channel on a 1x1 map; use batch_size 2 or more (or several GPUs with "
+                    "trainer.sync_batchnorm true)"
+                )
         super().setup(stage)
-
-    def _refuse_one_image_batches(self) -> None:
-        """Training BatchNorm needs two values per channel, and the pyramid pooling's 1x1 map has one per image:
-        batches of one train only where SyncBatchNorm pools them over several processes (mmseg alike)."""
-        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
-        synced = (
-            getattr(self.trainer.strategy, "_layer_sync", None) is not None and self.trainer.world_size > 1
-        )
-        if batch_size == 1 and not synced:
-            raise UserError(
-                "data.init_args.batch_size 1 cannot train UperNet: the BatchNorm after its pyramid pooling sees "
-                "one value per channel on a 1x1 map; use batch_size 2 or more (or several GPUs with "
-                "trainer.sync_batchnorm true)"
-            )
 
     # ------------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(partial, target)
         except BaseException as err:
             Path(partial).unlink(missing_ok=True)
-            write_error = _write_error(target, writer.error if writer is not None and writer.error else err)
+            write_error = _write_error(target, getattr(writer, "error", None) or err)
             if write_error is None:
                 raise
             raise write_error from err
