@@ -1,6 +1,7 @@
 """The ConvNeXt model family. Depends on torch and timm's layer helpers only, never on Lightning."""
 
 from convnext_pl.models.convnext import GRN, Block, ConvNeXt, ConvNeXtIsotropic
+from convnext_pl.models.fcmae import FCMAE, create_fcmae
 from convnext_pl.models.registry import create_model, list_models, register_model
 from convnext_pl.roadmap import steps as _roadmap_steps  # noqa: F401  (registers the roadmap_* steps with create_model)
 
@@ -9,7 +10,9 @@ __all__ = [
     "Block",
     "ConvNeXt",
     "ConvNeXtIsotropic",
+    "FCMAE",
     "ModelSummary",
+    "create_fcmae",
     "create_model",
     "list_models",
     "load_pretrained",

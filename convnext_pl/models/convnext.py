@@ -41,8 +41,11 @@ class GRN(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)  # (N, 1, 1, C): L2 over H, W
+    def forward(self, x: torch.Tensor, over_batch: bool = False) -> torch.Tensor:
+        """``over_batch``: one norm over every site of the batch, as the official sparse FCMAE encoder's
+        MinkowskiGRN computes it (ConvNeXt-V2#86), instead of one per image."""
+        dims = (0, 1, 2) if over_batch else (1, 2)
+        g = torch.linalg.vector_norm(x, ord=2, dim=dims, keepdim=True)  # (N or 1, 1, 1, C): L2 over H, W
         n = g / (g.mean(dim=-1, keepdim=True) + self.eps)  # divisive normalisation across channels
         return self.gamma * (x * n) + self.beta + x
 
@@ -82,7 +85,14 @@ class Block(nn.Module):
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None, grn_over_batch: bool = False
+    ) -> torch.Tensor:
+        """``keep`` (N, 1, H, W), 1 at visible sites, runs the block on the visible sites only, as a sparse
+        convolution would (FCMAE's masked encoder, ``convnext_pl.models.fcmae``): ``x`` must be zero where
+        masked, and so is the result. ``grn_over_batch``: see :class:`GRN`."""
+        if keep is not None:
+            return self._forward_visible(x, keep, grn_over_batch)
         shortcut = x
         x = self.dwconv(x)
         # On a channels_last tensor this permute is a view: LayerNorm and the Linears run without a copy.
@@ -92,6 +102,20 @@ class Block(nn.Module):
             x = self.gamma * x
         x = x.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
         return shortcut + self.drop_path(x)
+
+    def _forward_visible(self, x: torch.Tensor, keep: torch.Tensor, grn_over_batch: bool) -> torch.Tensor:
+        shortcut = x
+        y = (
+            self.dwconv(x) * keep
+        )  # a sparse convolution's output, bias included, exists at visible sites only
+        y = self.act(self.pwconv1(self.norm(y.permute(0, 2, 3, 1))))  # per-site layers, NHWC
+        if isinstance(self.grn, GRN):  # its norm must cover the visible sites only: zero the others first
+            y = self.grn(y * keep.permute(0, 2, 3, 1), over_batch=grn_over_batch)
+        y = self.pwconv2(y)
+        if self.gamma is not None:
+            y = self.gamma * y
+        # What the per-site layers wrote at masked sites is dropped before anything mixes sites again.
+        return shortcut + self.drop_path(y.permute(0, 3, 1, 2) * keep)
 
 
 class ClassifierMixin:

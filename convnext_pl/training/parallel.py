@@ -93,6 +93,7 @@ def shard_units(net: nn.Module, unit: ShardUnit) -> list[nn.Module]:
         net: a ConvNeXt-style network: ``stages`` (a list of block sequences) or, isotropic, ``blocks``.
         unit: ``"block"`` or ``"stage"``.
     """
+    net = getattr(net, "encoder", net)  # an FCMAE network's units are its encoder's blocks
     if hasattr(net, "stages"):
         stages = list(net.stages)
     elif hasattr(net, "blocks"):

@@ -177,20 +177,23 @@ def torchvision_mask_rcnn_to_mmdet(state_dict: StateDict) -> dict[str, torch.Ten
 
 # ------------------------------------------------------------- ConvNeXt V2 FCMAE (sparse) <-> official dense V2
 FCMAE_PREFIX = "encoder."
-_FCMAE_DROPPED = ("decoder", "mask_token", "proj", "pred")  # the FCMAE decoder: not part of the encoder
+FCMAE_DECODER_KEYS = ("decoder", "mask_token", "proj", "pred")  # the FCMAE decoder: not part of the encoder
 _FCMAE_WRAPPERS = re.compile(r"\.(ln|linear)\.")  # MinkowskiLayerNorm(.ln) and MinkowskiLinear(.linear)
 
 
 def is_fcmae(state_dict: StateDict) -> bool:
-    """True for an FCMAE pre-training state dict (sparse encoder kernels under ``encoder.``)."""
-    return any(k.startswith(FCMAE_PREFIX) and k.endswith(".kernel") for k in state_dict)
+    """True for an FCMAE pre-training state dict: the released files' sparse encoder kernels under ``encoder.``,
+    or this project's dense FCMAE (``encoder.*`` beside the decoder's ``mask_token``)."""
+    encoder = [k for k in state_dict if k.startswith(FCMAE_PREFIX)]
+    return any(k.endswith(".kernel") for k in encoder) or (bool(encoder) and "mask_token" in state_dict)
 
 
 def fcmae_to_convnextv2(state_dict: StateDict) -> dict[str, torch.Tensor]:
-    """An FCMAE checkpoint's encoder in the dense official ConvNeXt V2 names and shapes (no norm, no head)."""
+    """An FCMAE checkpoint's encoder in the dense official ConvNeXt V2 names and shapes (no norm, no head); the
+    keys of an encoder already dense (this project's FCMAE) pass through unchanged."""
     out = {}
     for key, value in state_dict.items():
-        if key.split(".")[0] in _FCMAE_DROPPED:
+        if key.split(".")[0] in FCMAE_DECODER_KEYS:
             continue
         key = _FCMAE_WRAPPERS.sub(".", key.removeprefix(FCMAE_PREFIX))
         if key.endswith(".kernel"):
