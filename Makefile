@@ -7,7 +7,7 @@ STAMP := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-seg demo-det test test-fast lint format summary roadmap ladder figures bench gpu-suite clean
+.PHONY: help install demo demo-seg demo-det demo-fcmae test test-fast lint format summary roadmap ladder figures bench gpu-suite clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,6 +27,16 @@ demo-seg: install ## Train UperNet + ConvNeXt-atto on the offline synthetic scen
 
 demo-det: install ## Train Mask R-CNN + ConvNeXt-atto on the offline synthetic shapes (COCO format) and print box and mask AP.
 	$(PY) main.py fit --config configs/experiment/coco_shapes_mask_rcnn.yaml
+
+# The latest pre-training run's last checkpoint is what the fine-tuning starts from.
+FCMAE_CKPT = $$(ls -d runs/digits_fcmae/version_* | sort -V | tail -n 1)/checkpoints/last.ckpt
+
+demo-fcmae: install ## FCMAE pre-training on digits (loss, reconstruction pictures), then fine-tuning from it and from scratch.
+	$(PY) main.py fit --config configs/experiment/digits_fcmae.yaml
+	@echo "== Fine-tuning the pre-trained encoder: $(FCMAE_CKPT)"
+	$(PY) main.py fit --config configs/experiment/digits_fcmae_finetune.yaml --model.init_args.pretrained=$(FCMAE_CKPT)
+	@echo "== The same network and recipe from scratch, for comparison"
+	$(PY) main.py fit --config configs/experiment/digits_fcmae_finetune.yaml --run_name digits_fcmae_scratch
 
 # pytest-xdist workers (one per core of the 2-core reference machine); TEST_JOBS=0 runs in one process.
 # --dist loadgroup keeps the tests that share a run (a session or module fixture: tests/xdist_groups.py)

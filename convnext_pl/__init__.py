@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 _TASKS = {
     "ImageClassifier": "convnext_pl.tasks.classification",
     "MaskRCNNDetector": "convnext_pl.tasks.detection",
+    "MaskedAutoencoderPretrainer": "convnext_pl.tasks.pretraining",
     "SemanticSegmenter": "convnext_pl.tasks.segmentation",
 }
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from convnext_pl.models.layer_ids import block_layer_ids
+from convnext_pl.models.layer_ids import block_layer_ids, single_layer_ids
 
 LN_EPS = 1e-6  # paper and official code: every LayerNorm uses eps 1e-6
 
@@ -196,15 +196,23 @@ class HierarchicalMixin(ClassifierMixin):
         """(N, in_chans, H, W) -> (N, num_features, H / total_stride, W / total_stride), before pooling."""
         return self.forward_stages(x)[-1]
 
-    def layer_ids(self) -> dict[str, int]:
-        """Layer id of every parameter for layer-wise lr decay (see ``layer_groups``); the head has the largest."""
-        block_ids, head_id = block_layer_ids(self.depths)
+    def layer_ids(self, decay_type: str = "group") -> dict[str, int]:
+        """Layer id of every parameter for layer-wise lr decay; the head has the largest.
+
+        ``decay_type`` "group": blocks in groups of ``min(depths)`` (the official ConvNeXt table for (3, 3, 27, 3),
+        ``layer_ids.block_layer_ids``); "single": every block its own id (ConvNeXt V2's fine-tuning of A/T,
+        ``layer_ids.single_layer_ids``).
+        """
+        if decay_type == "single":
+            downsample_ids, block_ids, head_id = single_layer_ids(self.depths)
+        else:
+            block_ids, head_id = block_layer_ids(self.depths)
+            downsample_ids = [0, *(ids[0] for ids in block_ids[1:])]
         ids = {}
         for name, _ in self.named_parameters():
             parts = name.split(".")
             if parts[0] == "downsample_layers":
-                stage = int(parts[1])
-                ids[name] = 0 if stage == 0 else block_ids[stage][0]
+                ids[name] = downsample_ids[int(parts[1])]
             elif parts[0] == "stages":
                 ids[name] = block_ids[int(parts[1])][int(parts[2])]
             else:  # norm, head
@@ -315,8 +323,9 @@ class ConvNeXtIsotropic(ClassifierMixin, nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_stages(x)[-1]
 
-    def layer_ids(self) -> dict[str, int]:
-        """Stem 0, block i -> i + 1, final norm and head depth + 1 (the official isotropic rule)."""
+    def layer_ids(self, decay_type: str = "group") -> dict[str, int]:
+        """Stem 0, block i -> i + 1, final norm and head depth + 1 (the official isotropic rule: every block has
+        its own id already, so both decay types give it)."""
         ids = {}
         for name, _ in self.named_parameters():
             parts = name.split(".")

@@ -42,6 +42,22 @@ def block_layer_ids(depths: Sequence[int]) -> tuple[list[list[int]], int]:
     return ids, next_id
 
 
+def single_layer_ids(depths: Sequence[int]) -> tuple[list[int], list[list[int]], int]:
+    """ConvNeXt V2's ``layer_decay_type 'single'`` (official ``get_num_layer_for_convnext_single``): every block
+    its own id. Downsampling layer i (the stem for i = 0) -> ``sum(depths[:i]) + 1``, block j of stage i ->
+    ``sum(depths[:i]) + j + 1``, the final norm and head ``sum(depths) + 1``.
+
+    Returns:
+        ``(downsample_ids, block_ids, head_id)``.
+    """
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return (
+        [s + 1 for s in starts],
+        [[s + j + 1 for j in range(d)] for s, d in zip(starts, depths, strict=True)],
+        (sum(depths) + 1),
+    )
+
+
 def layer_id_layer_wise(name: str, num_layers: int) -> int:
     """Official ``get_num_layer_layer_wise``: the id of a parameter of the whole model (``backbone.`` prefix).
 

@@ -5,6 +5,8 @@ and never builds data. Code defaults are neutral (no Mixup, no layer decay, no l
 live in ``configs/``, each with its source.
 """
 
+from typing import Literal
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -57,6 +59,9 @@ class ImageClassifier(WarmupCosineRecipe, TaskModule):
         warmup_epochs: linear warm-up length in epochs (paper: 20; may be fractional).
         warmup_steps: warm-up length in optimizer steps; overrides ``warmup_epochs`` when set.
         layer_decay: layer-wise lr decay factor (fine-tuning: 0.8 for 22K->1K, 0.7 for 224->384); None: off.
+        layer_decay_type: which parameters share a layer id: ``"group"`` (blocks in groups of the smallest stage
+            depth: the official ConvNeXt table, and V2's for B/L/H) or ``"single"`` (every block its own id: V2's
+            fine-tuning of A/T, ``TRAINING.md``).
         label_smoothing: label smoothing (paper: 0.1), folded into the soft targets when Mixup/CutMix is on.
         mixup_alpha: Mixup alpha (paper: 0.8; 0 disables).
         cutmix_alpha: CutMix alpha (paper: 1.0; 0 disables).
@@ -85,6 +90,7 @@ class ImageClassifier(WarmupCosineRecipe, TaskModule):
         warmup_epochs: NonNegativeFloat = 0.0,
         warmup_steps: NonNegativeInt | None = None,
         layer_decay: LayerDecay | None = None,
+        layer_decay_type: Literal["group", "single"] = "group",
         label_smoothing: LabelSmoothing = 0.0,
         mixup_alpha: NonNegativeFloat = 0.0,
         cutmix_alpha: NonNegativeFloat = 0.0,
@@ -247,4 +253,6 @@ class ImageClassifier(WarmupCosineRecipe, TaskModule):
 
     # -------------------------------------------------------------------------------------------- optimizer
     def layer_ids(self) -> dict[str, int] | None:
-        return self.net.layer_ids() if self.hparams.layer_decay is not None else None
+        if self.hparams.layer_decay is None:
+            return None
+        return self.net.layer_ids(self.hparams.get("layer_decay_type", "group"))

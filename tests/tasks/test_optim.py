@@ -62,6 +62,29 @@ def test_layer_decay_scales_match_the_official_table_for_depths_3_3_27_3():
     assert len({g["lr_scale"] for g in groups}) == 14
 
 
+def _official_single_layer_id(name: str, depths: list[int]) -> int:
+    # ConvNeXt-V2 optim_factory.get_num_layer_for_convnext_single, transcribed.
+    if name.startswith("downsample_layers"):
+        return sum(depths[: int(name.split(".")[1])]) + 1
+    if name.startswith("stages"):
+        stage, block = int(name.split(".")[1]), int(name.split(".")[2])
+        return sum(depths[:stage]) + block + 1
+    return sum(depths) + 1
+
+
+def test_single_layer_decay_matches_convnext_v2s_official_rule():
+    # V2's A/T fine-tuning (TRAINING.md --layer_decay_type single): scale = decay ** (sum(depths) + 1 - id).
+    model = create_model("convnextv2_atto", num_classes=10)
+    depths = list(model.depths)
+    groups = param_groups(model, 0.05, layer_decay=0.9, layer_ids=model.layer_ids("single"))
+    scale_of = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
+    for name, _ in model.named_parameters():
+        expected = 0.9 ** (sum(depths) + 1 - _official_single_layer_id(name, depths))
+        assert scale_of[name] == pytest.approx(expected), name
+    assert len({g["lr_scale"] for g in groups}) == sum(depths) + 1  # the stem shares id 1 with stage 0's block 0
+    assert model.layer_ids("group") != model.layer_ids("single")
+
+
 def test_warmup_cosine_shape():
     schedule = WarmupCosine(warmup_steps=10, total_steps=110, min_ratio=0.01)
     assert schedule(0) == 0.0

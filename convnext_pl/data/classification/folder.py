@@ -64,6 +64,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         re_prob: random erasing probability.
         re_mode: random erasing fill mode.
         interpolation: resampling filter.
+        crop_scale: area range of the training RandomResizedCrop (recipe: 0.08-1; FCMAE pre-training: 0.2-1).
         crop_pct: evaluation center-crop fraction below 384.
         skip_corrupt: decode every image once in ``setup`` and leave out the unreadable ones with a warning;
             when False the first unreadable image stops the run with an error naming it.
@@ -90,6 +91,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         re_prob: ClosedUnitInterval = RECIPE_RE_PROB,
         re_mode: str = "pixel",
         interpolation: str = "bicubic",
+        crop_scale: tuple[LeftOpenUnitInterval, LeftOpenUnitInterval] = (0.08, 1.0),
         crop_pct: LeftOpenUnitInterval = RECIPE_CROP_PCT,
         skip_corrupt: bool = False,
         train_dir: str = "train",
@@ -108,6 +110,12 @@ class ImageFolderDataModule(ClassificationDataModule):
         self.re_prob = re_prob
         self.re_mode = re_mode
         self.interpolation = interpolation
+        if crop_scale[0] > crop_scale[1]:
+            raise UserError(
+                f"data.init_args.crop_scale {list(crop_scale)} must be [smallest, largest] area fraction; "
+                f"give [{crop_scale[1]}, {crop_scale[0]}]"
+            )
+        self.crop_scale = tuple(crop_scale)
         self.crop_pct = crop_pct
         self.skip_corrupt = skip_corrupt
         self.train_dir = train_dir
@@ -129,11 +137,11 @@ class ImageFolderDataModule(ClassificationDataModule):
         """The recipe's training transform at ``image_size`` (its worker half on the fast path)."""
         if self.fast_pipeline:
             return fast_train_transform(
-                self.image_size, self.auto_augment, self.interpolation, mean=self.mean
+                self.image_size, self.auto_augment, self.interpolation, scale=self.crop_scale, mean=self.mean
             )
         return recipe_train_transform(self.image_size, auto_augment=self.auto_augment, re_prob=self.re_prob,
                                       re_mode=self.re_mode, interpolation=self.interpolation,
-                                      mean=self.mean, std=self.std)  # fmt: skip
+                                      scale=self.crop_scale, mean=self.mean, std=self.std)  # fmt: skip
 
     def evaluation_transform(self) -> T.Compose:
         return eval_transform(self.image_size, self.crop_pct, self.interpolation, self.mean, self.std)

@@ -43,6 +43,7 @@ class ImageNetDataModule(ImageFolderDataModule):
         re_prob: random erasing probability.
         re_mode: random erasing fill mode.
         interpolation: resampling filter.
+        crop_scale: area range of the training RandomResizedCrop (recipe: 0.08-1; FCMAE pre-training: 0.2-1).
         crop_pct: evaluation center-crop fraction below 384.
         skip_corrupt: decode every image once in ``setup`` and leave out unreadable ones with a warning.
         layout: ``auto``, ``folder`` or ``devkit``.
@@ -63,6 +64,7 @@ class ImageNetDataModule(ImageFolderDataModule):
         re_prob: ClosedUnitInterval = RECIPE_RE_PROB,
         re_mode: str = "pixel",
         interpolation: str = "bicubic",
+        crop_scale: tuple[LeftOpenUnitInterval, LeftOpenUnitInterval] = (0.08, 1.0),
         crop_pct: LeftOpenUnitInterval = RECIPE_CROP_PCT,
         skip_corrupt: bool = False,
         layout: Literal["auto", "folder", "devkit"] = "auto",
@@ -74,8 +76,8 @@ class ImageNetDataModule(ImageFolderDataModule):
         super().__init__(
             root=root, num_classes=num_classes, batch_size=batch_size, num_workers=num_workers,
             image_size=image_size, auto_augment=auto_augment, re_prob=re_prob, re_mode=re_mode,
-            interpolation=interpolation, crop_pct=crop_pct, skip_corrupt=skip_corrupt, train_dir=train_dir,
-            val_dir=val_dir, predict_dir=predict_dir, fast_pipeline=fast_pipeline,
+            interpolation=interpolation, crop_scale=crop_scale, crop_pct=crop_pct, skip_corrupt=skip_corrupt,
+            train_dir=train_dir, val_dir=val_dir, predict_dir=predict_dir, fast_pipeline=fast_pipeline,
         )  # fmt: skip
         if layout not in ("auto", "folder", "devkit"):
             raise UserError(
