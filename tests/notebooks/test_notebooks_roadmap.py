@@ -14,7 +14,8 @@ def test_roadmap_notebook_is_committed_without_outputs():
 
 @pytest.mark.slow
 def test_roadmap_notebook_runs_top_to_bottom(tmp_path):
-    outputs, _ = execute_notebook(NOTEBOOK, tmp_path)
+    # The throughput table on one image, timed once (the notebook's 8 images, 3 times, spend 16 s there).
+    outputs, _ = execute_notebook(NOTEBOOK, tmp_path, parameters=dict(BATCH_SIZE=1, ITERS=1))
     text = stream_text(outputs)
     assert "25,557,032" in text and "28,589,128" in text  # the table: ResNet-50 and ConvNeXt-T sizes
     assert "7x7 depthwise conv 96->96, LN" in text  # the block diagram in words
