@@ -125,12 +125,16 @@ def _run(name: str, command: list[str], timeout: float, env: dict | None = None)
     return {"status": status, "seconds": seconds, "output": output}
 
 
-def gpu_tests(dry_run: bool) -> dict:
-    # Only the files that mark a test gpu: importing every test module takes longer than the GPU tests.
-    files = sorted(
-        str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in p.read_text()
+def gpu_test_files() -> list[str]:
+    """The test files that mark a test gpu, in every part's folder of tests/: importing every test module takes
+    longer than the GPU tests, and with no file named pytest would collect the whole suite."""
+    return sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py") if "mark.gpu" in p.read_text()
     )
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files]
+
+
+def gpu_tests(dry_run: bool) -> dict:
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *gpu_test_files()]
     # The dry run only collects them (without CUDA they skip).
     step = _run("gpu tests", [*command, "--collect-only"] if dry_run else command, timeout=240)
     last = [line for line in step["output"].splitlines() if line.strip()][-1:] or [""]
