@@ -34,9 +34,9 @@ FCMAE_CKPT = $$(ls -d runs/digits_fcmae/version_* | sort -V | tail -n 1)/checkpo
 demo-fcmae: install ## FCMAE pre-training on digits (loss, reconstruction pictures), then fine-tuning from it and from scratch.
 	$(PY) main.py fit --config configs/experiment/digits_fcmae.yaml
 	@echo "== Fine-tuning the pre-trained encoder: $(FCMAE_CKPT)"
-	$(PY) main.py fit --config configs/experiment/digits_fcmae_finetune.yaml --model.init_args.pretrained=$(FCMAE_CKPT)
+	$(PY) main.py fit --config configs/experiment/digits_fcmae_downstream.yaml --run_name digits_fcmae_finetuned --model.init_args.pretrained=$(FCMAE_CKPT)
 	@echo "== The same network and recipe from scratch, for comparison"
-	$(PY) main.py fit --config configs/experiment/digits_fcmae_finetune.yaml --run_name digits_fcmae_scratch
+	$(PY) main.py fit --config configs/experiment/digits_fcmae_downstream.yaml --run_name digits_fcmae_scratch
 
 # pytest-xdist workers (one per core of the 2-core reference machine); TEST_JOBS=0 runs in one process.
 # --dist loadgroup keeps the tests that share a run (a session or module fixture: tests/xdist_groups.py)

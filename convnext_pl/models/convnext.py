@@ -104,11 +104,11 @@ class Block(nn.Module):
         return shortcut + self.drop_path(x)
 
     def _forward_visible(self, x: torch.Tensor, keep: torch.Tensor, grn_over_batch: bool) -> torch.Tensor:
+        # The depthwise convolution is the only layer here that mixes sites, and it reads zeros where the sparse
+        # tensor has no site. What it and the per-site layers after it write at masked sites is never read: GRN's
+        # input and the block's output are masked.
         shortcut = x
-        y = (
-            self.dwconv(x) * keep
-        )  # a sparse convolution's output, bias included, exists at visible sites only
-        y = self.act(self.pwconv1(self.norm(y.permute(0, 2, 3, 1))))  # per-site layers, NHWC
+        y = self.act(self.pwconv1(self.norm(self.dwconv(x).permute(0, 2, 3, 1))))  # NHWC
         if isinstance(self.grn, GRN):  # its norm must cover the visible sites only: zero the others first
             y = self.grn(y * keep.permute(0, 2, 3, 1), over_batch=grn_over_batch)
         y = self.pwconv2(y)

@@ -5,8 +5,9 @@ visible sites of the image, so a masked patch can never leak into a visible one.
 convolution is a dense convolution with the mask applied to its input and output; this module writes that out for
 every layer whose output depends on more than one site (``Block(x, keep)`` in ``convnext.py`` is the block's form):
 
-- the depthwise 7x7 convolution reads zeros where the sparse tensor has no site, and its output (bias included)
-  exists only at visible sites: the input is zero at masked sites, the output is multiplied by the keep map;
+- the depthwise 7x7 convolution reads zeros where the sparse tensor has no site (the input is zero at masked
+  sites); its output, bias included, exists only at visible sites: the block's output is multiplied by the keep
+  map, and nothing between mixes sites except GRN, whose input is masked too;
 - GRN's L2 norm runs over the visible sites only, which the zeroed input gives for free;
 - a downsampling 2x2/2 convolution sees either four visible or four masked sites, because a masked patch (the
   encoder's total stride, 32 pixels for the paper's stem) covers whole windows at every stage; its output is masked;
@@ -21,12 +22,14 @@ Parameter names are the official ``FCMAE``'s (``encoder.*``, ``proj``, ``mask_to
 the encoder's in the dense V2 layout; :mod:`convnext_pl.weights.fcmae` maps the released files' sparse layout.
 """
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
+from torchvision.utils import make_grid
 
 from convnext_pl.errors import UserError
 from convnext_pl.models.convnext import Block, ConvNeXt
@@ -207,6 +210,48 @@ class FCMAE(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.mask_token, std=0.02)
+
+
+def reconstruction_picture(
+    net: FCMAE,
+    images: torch.Tensor,
+    pred: torch.Tensor,
+    mask: torch.Tensor,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    min_side: int = 96,
+) -> torch.Tensor:
+    """What FCMAE saw and made, as one (3, H', W') picture in [0, 1]: a column per image of the original, the
+    masked input (masked patches grey) and the reconstruction with the visible patches pasted back (MAE's
+    visualisation).
+
+    Args:
+        net, images, pred, mask: the network, its input batch and what ``net(images)`` returned.
+        mean, std: the normalisation the images carry (per channel), undone for display; None: none.
+        min_side: images smaller than this are enlarged by whole pixels, so the patches stay sharp.
+    """
+    with torch.no_grad():
+        masked = net.pixel_mask(mask).to(images.dtype)
+        pasted = images * (1 - masked) + net.reconstruct(images, pred, mask) * masked
+        rows = [_display_pixels(x, mean, std) for x in (images, images, pasted)]
+        rows[1] = rows[1] * (1 - masked) + 0.5 * masked
+    picture = torch.cat(rows).float().cpu()
+    scale = max(1, -(-min_side // picture.shape[-1]))
+    picture = picture.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    return make_grid(picture, nrow=images.shape[0], padding=2, pad_value=1.0)
+
+
+def _display_pixels(
+    images: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> torch.Tensor:
+    images = images.float()
+    if mean is not None and std is not None:
+        shape = (1, -1, 1, 1)
+        images = images * torch.as_tensor(std, device=images.device).reshape(shape).float()
+        images = images + torch.as_tensor(mean, device=images.device).reshape(shape).float()
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return images.clamp(0.0, 1.0)
 
 
 def create_fcmae(

@@ -17,16 +17,13 @@ import torch
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
 from convnext_pl.errors import UserError
-from convnext_pl.models.fcmae import FCMAE
+from convnext_pl.models.fcmae import FCMAE, reconstruction_picture
 from convnext_pl.tasks.base import TaskModule, created_in_code
 from convnext_pl.tasks.recipes import WarmupCosineRecipe
 from convnext_pl.training.parallel import ShardUnit, fully_shard_network
-
-# The smallest side an image gets in the reconstruction picture.
-PICTURE_SIDE = 96
 
 
 class MaskedAutoencoderPretrainer(WarmupCosineRecipe, TaskModule):
@@ -150,12 +147,14 @@ class MaskedAutoencoderPretrainer(WarmupCosineRecipe, TaskModule):
             self._shown = (images[:count].detach(), pred[:count].detach(), mask[:count].detach())
 
     def on_validation_epoch_end(self) -> None:
+        # trainer.log_dir broadcasts rank 0's folder: every rank must ask, or rank 0 waits for the others forever.
+        log_dir = self.trainer.log_dir
         if self._shown is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             self._shown = None
             return
         picture = self.reconstruction_picture(*self._shown)
         self._shown = None
-        folder = Path(self.trainer.log_dir or ".") / "reconstructions"
+        folder = Path(log_dir or ".") / "reconstructions"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"epoch{self.current_epoch:03d}.png"
         save_image(picture, path)
@@ -167,34 +166,11 @@ class MaskedAutoencoderPretrainer(WarmupCosineRecipe, TaskModule):
     def reconstruction_picture(
         self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """A (3, H', W') picture in [0, 1]: per image a column of original, masked input (masked patches grey) and
-        reconstruction (the visible patches pasted back, as in MAE's visualisation)."""
-        with torch.no_grad():
-            reconstruction = self.net.reconstruct(images, pred, mask)
-            masked = self.net.pixel_mask(mask).to(images.dtype)
-            pasted = images * (1 - masked) + reconstruction * masked
-            rows = [self._to_pixels(x) for x in (images, images * (1 - masked), pasted)]
-            grey = 0.5 * masked.expand_as(rows[1])
-            rows[1] = rows[1] * (1 - masked) + grey
-        picture = torch.cat(rows).float().cpu()
-        # Small images (digits are 24 px) are enlarged by whole pixels, so the patches stay sharp.
-        scale = max(1, -(-PICTURE_SIDE // picture.shape[-1]))
-        picture = picture.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-        return make_grid(picture, nrow=images.shape[0], padding=2, pad_value=1.0)
-
-    def _to_pixels(self, images: torch.Tensor) -> torch.Tensor:
-        """Undo the DataModule's normalisation (its ``mean``/``std`` when it has them) and clamp to [0, 1]."""
+        """:func:`~convnext_pl.models.fcmae.reconstruction_picture` in the DataModule's pixels (its ``mean`` and
+        ``std``, when it has them)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-        images = images.float()
-        if mean is not None and std is not None:
-            shape = (1, -1, 1, 1)
-            mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).reshape(shape)
-            std = torch.as_tensor(std, dtype=images.dtype, device=images.device).reshape(shape)
-            images = images * std + mean
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        return images.clamp(0.0, 1.0)
+        return reconstruction_picture(self.net, images, pred, mask, mean, std)
 
     def test_step(self, batch, batch_idx: int) -> None:
         images = self._images(batch)
@@ -205,5 +181,5 @@ class MaskedAutoencoderPretrainer(WarmupCosineRecipe, TaskModule):
     def predict_step(self, batch, batch_idx: int):
         raise UserError(
             "pre-training predicts no labels; the reconstructions are written at every validation "
-            "(<run>/reconstructions/), and notebooks/fcmae_reconstruction.ipynb draws them for any image"
+            "(<run>/reconstructions/), and notebooks/04_fcmae_reconstruction.ipynb draws them for any image"
         )

@@ -184,7 +184,8 @@ def _v2_entries() -> Iterator[Weights]:
         yield _classifier(f"{model}.fcmae", model, 0, "none", 224,
                           "FCMAE self-supervised pre-training on ImageNet-1K, no head (ConvNeXt V2 Sec. 3)",
                           V2_SOURCE, None, f"{v2}/pt_only/{model}_1k_224_fcmae.pt", f"timm/{model}.fcmae",
-                          note="encoder only: fine-tune it; the final norm and head start fresh")  # fmt: skip
+                          note="no head: fine-tune it (the final norm and head start fresh) or go on pre-training it "
+                               "(MaskedAutoencoderPretrainer; the official file holds the decoder too)")  # fmt: skip
     in1k_top1 = {"atto": 76.7, "femto": 78.5, "pico": 80.3, "nano": 81.9, "tiny": 83.0, "base": 84.9,
                  "large": 85.8, "huge": 86.3}  # fmt: skip
     for size, top1 in in1k_top1.items():

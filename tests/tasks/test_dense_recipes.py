@@ -1,6 +1,7 @@
 """Every dense-task config of ``configs/experiment/`` carries the official optimizer settings: read against the
 table of ``docs/paper.md`` §6, whose rows cite the official files and lines they come from."""
 
+import itertools
 import re
 
 import pytest
@@ -30,7 +31,9 @@ COLUMNS = {
 def _official_table() -> dict[str, dict[str, str]]:
     text = (ROOT / "docs" / "paper.md").read_text()
     start = text.index("**Dense-task optimizer settings, config by config**")
-    rows = [line for line in text[start:].splitlines() if line.startswith("|")]
+    lines = text[start:].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[first:]))  # this table only
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
     table = {}
     for line in rows[2:]:  # after the header and its |---| line

@@ -81,7 +81,9 @@ def test_single_layer_decay_matches_convnext_v2s_official_rule():
     for name, _ in model.named_parameters():
         expected = 0.9 ** (sum(depths) + 1 - _official_single_layer_id(name, depths))
         assert scale_of[name] == pytest.approx(expected), name
-    assert len({g["lr_scale"] for g in groups}) == sum(depths) + 1  # the stem shares id 1 with stage 0's block 0
+    assert (
+        len({g["lr_scale"] for g in groups}) == sum(depths) + 1
+    )  # the stem shares id 1 with stage 0's block 0
     assert model.layer_ids("group") != model.layer_ids("single")
 
 

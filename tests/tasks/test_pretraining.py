@@ -3,6 +3,7 @@ epoch, the reconstruction picture, a pre-training checkpoint), fine-tune the cla
 the mistakes a user can make on the way."""
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -15,10 +16,11 @@ from convnext_pl.tasks.base import TASK_KEY
 from convnext_pl.training.cli import cli_main
 
 PRETRAIN = str(EXPERIMENTS / "digits_fcmae.yaml")
-FINETUNE = str(EXPERIMENTS / "digits_fcmae_finetune.yaml")
-# Two epochs of three batches, two validation batches each: the loss per epoch and a picture per epoch.
+FINETUNE = str(EXPERIMENTS / "digits_fcmae_downstream.yaml")
+# Two epochs of three batches of 16, two validation batches each: the loss per epoch and a picture per epoch.
 FEW_STEPS = [
     "--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
+    "--data.init_args.batch_size=16",
     "--trainer.log_every_n_steps=1", "--trainer.num_sanity_val_steps=0",
 ]  # fmt: skip
 
@@ -50,7 +52,9 @@ def test_the_pretraining_checkpoint_is_a_pretraining_checkpoint_in_the_fcmae_lay
     assert checkpoint[TASK_KEY]["task"] == "pre-training"
     keys = checkpoint["state_dict"].keys()
     assert "net.mask_token" in keys and "net.decoder.0.grn.gamma" in keys and "net.pred.weight" in keys
-    assert "net.encoder.stages.3.1.pwconv2.weight" in keys and not any(k.startswith("net.encoder.head") for k in keys)
+    assert "net.encoder.stages.3.1.pwconv2.weight" in keys and not any(
+        k.startswith("net.encoder.head") for k in keys
+    )
     best = [p.name for p in (pretrained / "checkpoints").iterdir() if p.name != "last.ckpt"]
     assert len(best) == 1 and best[0].startswith("epoch001-loss_")  # ranked by val/loss, lower is better
 
@@ -83,8 +87,17 @@ def test_evaluating_a_classifier_on_pretraining_weights_is_refused(pretrained, c
 def test_resuming_a_classifier_from_the_pretraining_checkpoint_names_both_tasks(pretrained, capsys, tmp_path):
     ckpt = pretrained / "checkpoints" / "last.ckpt"
     line = refused(
-        ["fit", "--config", FINETUNE, f"--ckpt_path={ckpt}", *QUIET, *CPU, f"--trainer.default_root_dir={tmp_path}"],
-        capsys, tmp_path,
+        [
+            "fit",
+            "--config",
+            FINETUNE,
+            f"--ckpt_path={ckpt}",
+            *QUIET,
+            *CPU,
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        capsys,
+        tmp_path,
     )
     assert "pre-training checkpoint" in line and "classification" in line, line
 
@@ -100,7 +113,9 @@ def test_resuming_a_classifier_from_the_pretraining_checkpoint_names_both_tasks(
 )
 def test_pretraining_settings_out_of_range_are_refused(option, expected, capsys, tmp_path):
     line = refused(
-        ["fit", "--config", PRETRAIN, option, *QUIET, *CPU, f"--trainer.default_root_dir={tmp_path}"], capsys, tmp_path
+        ["fit", "--config", PRETRAIN, option, *QUIET, *CPU, f"--trainer.default_root_dir={tmp_path}"],
+        capsys,
+        tmp_path,
     )
     assert expected in line, line
 
@@ -113,3 +128,36 @@ def test_a_classifier_network_is_refused_as_the_pretraining_network(capsys, tmp_
         capsys, tmp_path,
     )  # fmt: skip
     assert "FCMAE network" in line, line
+
+
+@pytest.mark.slow
+def test_pretraining_shards_with_fsdp2_on_two_processes_and_the_ranks_agree(tmp_path):
+    # configs/trainer/fsdp2.yaml on 2 CPU processes (gloo): the encoder's blocks are the FSDP2 units, the FCMAE
+    # network the root; the validation loss on the fixed masks is reduced over both ranks.
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    run_main(
+        ["fit", "--config", PRETRAIN, "--config", "configs/trainer/fsdp2.yaml", *QUIET,
+         "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.precision=32-true",
+         "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
+         "--trainer.num_sanity_val_steps=0", "--data.init_args.batch_size=16",
+         "--trainer.callbacks+=test_strategies.RankReport", f"--trainer.callbacks.folder={folder}",
+         f"--trainer.default_root_dir={tmp_path}"],
+        timeout=300,
+    )  # fmt: skip
+    reports = [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert {r["net_class"] for r in reports} == {"FSDPFCMAE"}
+    assert all(r["local_params"] < r["total_params"] for r in reports)  # each rank holds a shard
+    assert reports[0]["metrics"] == reports[1]["metrics"] and "val/loss" in reports[0]["metrics"]
+    assert (tmp_path / "digits_fcmae" / "version_0" / "reconstructions" / "epoch000.png").is_file()
+
+
+def test_pretraining_trains_in_bf16_mixed_precision(tmp_path):
+    # bf16 autocast runs on the CPU too: the loss is computed in float32 from the bf16 prediction.
+    cli = cli_main(
+        ["fit", "--config", PRETRAIN, *QUIET, *CPU, "--trainer.precision=bf16-mixed", "--trainer.max_epochs=1",
+         "--data.init_args.batch_size=8", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2", "--trainer.num_sanity_val_steps=0",
+         f"--trainer.default_root_dir={tmp_path}"]
+    )  # fmt: skip
+    loss = cli.trainer.callback_metrics["val/loss"]
+    assert loss.dtype == torch.float32 and math.isfinite(float(loss))

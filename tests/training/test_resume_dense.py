@@ -1,7 +1,8 @@
-"""Exact resume for the dense tasks: a segmentation or detection run killed (SIGKILL) mid-epoch and resumed with
-``--ckpt_path last`` ends bit-identical to an uninterrupted run, weights, BatchNorm buffers and optimizer state
-alike. The loader order and every random augmentation (segmentation crops, flips and photometric distortion; the
-detector's DETR-style multi-scale) must follow from (seed, epoch, sample) for that (``data/resumable.py``)."""
+"""Exact resume for the dense tasks and pre-training: a segmentation, detection or FCMAE run killed (SIGKILL)
+mid-epoch and resumed with ``--ckpt_path last`` ends bit-identical to an uninterrupted run, weights, BatchNorm
+buffers and optimizer state alike. The loader order and every random augmentation (segmentation crops, flips and
+photometric distortion; the detector's DETR-style multi-scale; FCMAE's masks) must follow from (seed, epoch,
+sample or step) for that (``data/resumable.py``, ``training/seeding.StepSeeding``)."""
 
 from pathlib import Path
 
@@ -40,17 +41,22 @@ DETECTION = [
     "--model.init_args.net.init_args.min_size=64", "--model.init_args.net.init_args.max_size=96",
     "--model.init_args.net.init_args.representation_size=64", "--model.init_args.warmup_steps=0",
 ]  # fmt: skip
-# task: (its arguments, the data set's folder under the test's folder, the run name: the config file's name)
+# configs/experiment/digits_fcmae.yaml (FCMAE pre-training) on batches of 8 digits: a fresh random mask per image
+# at every step, drawn from the step's seeded generator.
+PRETRAINING = ["--config", str(EXPERIMENTS / "digits_fcmae.yaml"), "--data.init_args.batch_size=8"]
+# task: (its arguments, the data set's folder under the test's folder (None: in memory), the run name: the config
+# file's name)
 TASKS = {
     "segmentation": (SEGMENTATION, "scenes/ADEChallengeData2016", "segmentation_synthetic"),
     "detection": (DETECTION, "shapes", "coco_shapes_mask_rcnn"),
+    "pre-training": (PRETRAINING, None, "digits_fcmae"),
 }
 
 
 def _command(task: str, tmp_path: Path, runs: str, *extra: str) -> list[str]:
     args, data, _ = TASKS[task]
     return [
-        "fit", *args, *SCHEDULE, f"--data.init_args.root={tmp_path / data}",
+        "fit", *args, *SCHEDULE, *([f"--data.init_args.root={tmp_path / data}"] if data else []),
         f"--trainer.default_root_dir={tmp_path / runs}", *extra,
     ]  # fmt: skip
 
