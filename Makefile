@@ -7,7 +7,7 @@ STAMP := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-seg demo-det demo-fcmae test test-fast lint format summary roadmap ladder figures bench gpu-suite clean
+.PHONY: help install demo demo-seg demo-det demo-fcmae demo-streaming test test-fast lint format summary roadmap ladder figures bench gpu-suite clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +37,12 @@ demo-fcmae: install ## FCMAE pre-training on digits (loss, reconstruction pictur
 	$(PY) main.py fit --config configs/experiment/digits_fcmae_downstream.yaml --run_name digits_fcmae_finetuned --model.init_args.pretrained=$(FCMAE_CKPT)
 	@echo "== The same network and recipe from scratch, for comparison"
 	$(PY) main.py fit --config configs/experiment/digits_fcmae_downstream.yaml --run_name digits_fcmae_scratch
+
+# The demo's ImageFolder source and its shards are written once; --resume keeps shards already complete.
+demo-streaming: install ## Convert the digits into shards (python -m convnext_pl.data.streaming write) and train from them.
+	@test -d data/digits_images || $(PY) -m convnext_pl.data.streaming digits-folder --out data/digits_images
+	$(PY) -m convnext_pl.data.streaming write --src data/digits_images --out data/digits_shards --shard-size-mb 0.25 --resume
+	$(PY) main.py fit --config configs/experiment/digits_streaming.yaml
 
 # pytest-xdist workers (one per core of the 2-core reference machine); TEST_JOBS=0 runs in one process.
 # --dist loadgroup keeps the tests that share a run (a session or module fixture: tests/xdist_groups.py)

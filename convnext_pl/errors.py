@@ -20,6 +20,19 @@ class UserError(Exception):
     """A mistake in the user's input (a path, a name, a config value) rather than a bug in this package."""
 
 
+class WorkerUserError(UserError):
+    """A UserError raised where a DataLoader worker may raise it. The worker's error comes back to the main
+    process as ``type(err)(text)``, where ``text`` is "Caught ... in DataLoader worker process N. Original
+    Traceback ..." ending with our message; the constructor recovers the original sentence from that text, so the
+    error stays one line."""
+
+    def __init__(self, message: str):
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
 def exit_with_error(message: str) -> NoReturn:
     """Print ``error: <message>`` to stderr and exit with code 2."""
     print(f"error: {message}", file=sys.stderr, flush=True)

@@ -65,7 +65,7 @@ class TaskDataModule(L.LightningDataModule):
             with_seed: append each sample's seed to it (for augmentations done later on the whole batch).
         """
         trainer = self.trainer
-        sampler = ResumableSampler(
+        sampler = self.train_sampler(
             dataset,
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
@@ -86,6 +86,11 @@ class TaskDataModule(L.LightningDataModule):
             self._train_loader.load_state_dict(self._train_loader_state)
             self._train_loader_state = None
         return self._train_loader
+
+    def train_sampler(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> ResumableSampler:
+        """The training order: a permutation of the whole split per epoch; data read from shards orders by shard
+        instead (``streaming/datamodule.py``)."""
+        return ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
 
     def state_dict(self) -> dict:
         """Where the training loader stands; checkpoints keep it so a resumed run continues with the next batch.
@@ -185,13 +190,14 @@ class ClassificationDataModule(TaskDataModule):
             )
 
     def _loader(
-        self, dataset: Dataset | None, stage: str, persistent: bool = False, collate_fn=None
+        self, dataset: Dataset | None, stage: str, persistent: bool = False, collate_fn=None, sampler=None
     ) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup('{stage}') must run before its data loader")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=persistent and self.num_workers > 0,

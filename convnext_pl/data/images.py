@@ -8,25 +8,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from convnext_pl.errors import UserError
+from convnext_pl.errors import UserError, WorkerUserError
 
 # Suffixes PIL decodes that people keep photos in; matched case-insensitively.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class CorruptImageError(UserError):
-    """An image file that PIL cannot decode (truncated download, wrong extension, zero bytes).
-
-    A DataLoader worker re-raises an exception in the main process as ``type(err)(text)``, where ``text`` is
-    "Caught ... in DataLoader worker process N. Original Traceback ..." ending with our message. The CLI prints
-    a UserError as one line, so the constructor recovers the original sentence from that text.
-    """
-
-    def __init__(self, message: str):
-        marker = f"{type(self).__name__}: "
-        if "Original Traceback" in message and marker in message:
-            message = message.rsplit(marker, 1)[1].strip()
-        super().__init__(message)
+class CorruptImageError(WorkerUserError):
+    """An image file that PIL cannot decode (truncated download, wrong extension, zero bytes)."""
 
 
 def load_rgb(path: str) -> Image.Image:

@@ -48,10 +48,15 @@ class ResumableSampler(DistributedSampler):
             self.start = 0  # a restored offset belongs to the epoch it was saved in
         super().set_epoch(epoch)
 
+    def epoch_indices(self) -> Iterator[int]:
+        """This rank's sample indices for the current epoch, in order (``DistributedSampler``'s permutation);
+        subclasses that order samples otherwise (``streaming/sampler.py``) override only this."""
+        return super().__iter__()
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         # A generator: the permutation is drawn at the first request, after Lightning's set_epoch.
         start, self.start = self.start, 0
-        for index in itertools.islice(super().__iter__(), start, None):
+        for index in itertools.islice(self.epoch_indices(), start, None):
             yield index, derive_seed(self.seed, self.epoch, index)
 
 

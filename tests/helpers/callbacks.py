@@ -111,3 +111,22 @@ class FileSizeLimitAtStep(Callback):
             import resource
 
             resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit_bytes, resource.RLIM_INFINITY))
+
+
+class KillProcessAtStep(Callback):
+    """Kills (SIGKILL) the process whose pid ``pid_file`` holds when the batch that starts at ``step`` begins:
+    a server the run depends on going away mid-epoch.
+
+    Args:
+        pid_file: file holding the pid.
+        step: the global step at which the process is killed.
+    """
+
+    def __init__(self, pid_file: str, step: int):
+        self.pid_file = pid_file
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            with open(self.pid_file) as f:
+                os.kill(int(f.read()), signal.SIGKILL)

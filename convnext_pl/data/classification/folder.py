@@ -47,7 +47,60 @@ class VisibleImageFolder(ImageFolder):
         return classes, {name: index for index, name in enumerate(classes)}
 
 
-class ImageFolderDataModule(ClassificationDataModule):
+class RecipeTransforms:
+    """The ImageNet recipe's transforms of a classification data module read from image files, whatever holds
+    the files (a folder tree, shards): :class:`ImageFolderDataModule` and the streaming one share them, so the
+    same sample gets the same augmentation from either.
+    """
+
+    def store_recipe(
+        self,
+        auto_augment: str | None,
+        re_prob: float,
+        re_mode: str,
+        interpolation: str,
+        crop_scale: tuple[float, float],
+        crop_pct: float,
+        mean: Sequence[float],
+        std: Sequence[float],
+        fast_pipeline: bool,
+    ) -> None:
+        """Keep the transform arguments (documented by :class:`ImageFolderDataModule`), checked."""
+        self.auto_augment = auto_augment
+        self.re_prob = re_prob
+        self.re_mode = re_mode
+        self.interpolation = interpolation
+        if crop_scale[0] > crop_scale[1]:
+            raise UserError(
+                f"data.init_args.crop_scale {list(crop_scale)} must be [smallest, largest] area fraction; "
+                f"give [{crop_scale[1]}, {crop_scale[0]}]"
+            )
+        self.crop_scale = tuple(crop_scale)
+        self.crop_pct = crop_pct
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.fast_pipeline = fast_pipeline
+        if fast_pipeline:
+            # Built now (no disk involved), so that a policy the device kernels do not cover is refused at once.
+            device_half = device_rand_augment(self.train_transform())
+            self.batch_augment = DeviceAugment(
+                self.mean, self.std, re_prob, re_mode, rand_augment=device_half
+            )
+
+    def train_transform(self) -> T.Compose:
+        """The recipe's training transform at ``image_size`` (its worker half on the fast path)."""
+        if self.fast_pipeline:
+            return fast_train_transform(
+                self.image_size, self.auto_augment, self.interpolation, scale=self.crop_scale, mean=self.mean
+            )
+        return recipe_train_transform(self.image_size, auto_augment=self.auto_augment, re_prob=self.re_prob,
+                                      re_mode=self.re_mode, interpolation=self.interpolation,
+                                      scale=self.crop_scale, mean=self.mean, std=self.std)  # fmt: skip
+
+    def evaluation_transform(self) -> T.Compose:
+        return eval_transform(self.image_size, self.crop_pct, self.interpolation, self.mean, self.std)
+
+
+class ImageFolderDataModule(RecipeTransforms, ClassificationDataModule):
     """Any data set stored as ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``.
 
     Training uses the ImageNet recipe (RandomResizedCrop, flip, RandAugment, random erasing, bicubic);
@@ -106,45 +159,15 @@ class ImageFolderDataModule(ClassificationDataModule):
         )
         self.root = root
         self._num_classes = num_classes
-        self.auto_augment = auto_augment
-        self.re_prob = re_prob
-        self.re_mode = re_mode
-        self.interpolation = interpolation
-        if crop_scale[0] > crop_scale[1]:
-            raise UserError(
-                f"data.init_args.crop_scale {list(crop_scale)} must be [smallest, largest] area fraction; "
-                f"give [{crop_scale[1]}, {crop_scale[0]}]"
-            )
-        self.crop_scale = tuple(crop_scale)
-        self.crop_pct = crop_pct
         self.skip_corrupt = skip_corrupt
         self.train_dir = train_dir
         self.val_dir = val_dir
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.fast_pipeline = fast_pipeline
-        if fast_pipeline:
-            # Built now (no disk involved), so that a policy the device kernels do not cover is refused at once.
-            device_half = device_rand_augment(self.train_transform())
-            self.batch_augment = DeviceAugment(
-                self.mean, self.std, re_prob, re_mode, rand_augment=device_half
-            )
+        self.store_recipe(auto_augment, re_prob, re_mode, interpolation, crop_scale, crop_pct, mean, std,
+                          fast_pipeline)  # fmt: skip
 
     @property
     def num_classes(self) -> int:
         return self._num_classes
-
-    def train_transform(self) -> T.Compose:
-        """The recipe's training transform at ``image_size`` (its worker half on the fast path)."""
-        if self.fast_pipeline:
-            return fast_train_transform(
-                self.image_size, self.auto_augment, self.interpolation, scale=self.crop_scale, mean=self.mean
-            )
-        return recipe_train_transform(self.image_size, auto_augment=self.auto_augment, re_prob=self.re_prob,
-                                      re_mode=self.re_mode, interpolation=self.interpolation,
-                                      scale=self.crop_scale, mean=self.mean, std=self.std)  # fmt: skip
-
-    def evaluation_transform(self) -> T.Compose:
-        return eval_transform(self.image_size, self.crop_pct, self.interpolation, self.mean, self.std)
 
     def _layout_hint(self) -> str:
         return f"expected {self.root}/{self.train_dir}/<class>/<image> and {self.root}/{self.val_dir}/<class>/<image>"

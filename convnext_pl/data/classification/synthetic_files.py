@@ -163,3 +163,33 @@ def write_imagenet_meta(
 def truncate_file(path: str | Path, n_bytes: int) -> None:
     """Cut ``path`` down to its first ``n_bytes`` bytes, as an interrupted download or copy leaves it."""
     os.truncate(path, n_bytes)
+
+
+def write_digits_folder(root: str | Path, size: int = 16, val_fraction: float = 0.2, seed: int = 0) -> Path:
+    """scikit-learn's bundled digits as an ImageFolder tree of PNGs, ``root/{train,val}/<digit>/<i>.png``, split
+    as :class:`~convnext_pl.data.DigitsDataModule` splits them: an offline ImageFolder of real images (the
+    streaming demo converts it into shards).
+
+    Args:
+        root: folder to write into (created).
+        size: side of the images (8x8 upsampled by nearest neighbour: no new information).
+        val_fraction: fraction of each digit held out for ``val``.
+        seed: seed of the split.
+
+    Returns:
+        ``root``.
+    """
+    from sklearn.datasets import load_digits
+
+    from convnext_pl.data.classification.digits import stratified_split
+
+    digits = load_digits()
+    pixels = (digits.images * 255 / 16).round().astype(np.uint8)
+    train, val = stratified_split(digits.target, val_fraction, seed)
+    for split, indices in (("train", train), ("val", val)):
+        for i in indices:
+            folder = Path(root) / split / str(digits.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            image = Image.fromarray(pixels[i]).convert("RGB").resize((size, size), Image.NEAREST)
+            image.save(folder / f"{i:04d}.png")
+    return Path(root)

@@ -1,0 +1,218 @@
+"""Reading samples out of shards by their index, from a local folder or through a bounded local cache of an
+object store's shards.
+
+Local shards are read in place: one open file per shard (a few kept open per process), ``pread`` of the sample's
+byte range. Remote shards (``s3://``) are downloaded whole into the cache the first time one of their samples is
+needed: to a temporary name, checked against the size and SHA-256 the index records, then renamed, so a half
+download is never used; one process downloads a shard while the others wait for it (a lock file per shard). To
+stay under ``cache_limit_bytes`` the least recently used shards are deleted first; with the shard order of
+``sampler.py`` a rank needs only the few shards of its current window, so eviction does not re-download within an
+epoch as long as the cache holds a window's shards (the DataModule checks that). Every DataLoader worker opens its
+own files and client.
+"""
+
+import fcntl
+import hashlib
+import io
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, DistributedSampler
+
+from convnext_pl.data.images import CorruptImageError
+from convnext_pl.data.streaming.shards import SplitIndex, sha256_of_file
+from convnext_pl.data.streaming.store import Store, is_s3, join
+from convnext_pl.errors import UserError, WorkerUserError
+
+OPEN_SHARDS = 16  # shard files each process keeps open (a window's worth; the least recently used is closed)
+
+
+class ShardError(WorkerUserError):
+    """A shard that is missing, truncated or does not match its index."""
+
+
+def rewrite_hint(location: str) -> str:
+    root = location.rsplit("/", 1)[0]
+    return (
+        f"rewrite it with `python -m convnext_pl.data.streaming write --src <folder> --out {root} --resume`"
+    )
+
+
+class ShardReader:
+    """The bytes of sample ``i`` of a split, from local shards or through the bounded cache.
+
+    Args:
+        index: the split's index.
+        cache_dir: local folder for remote shards (one sub-folder per split URL).
+        cache_limit_bytes: most bytes the cache folder may hold.
+    """
+
+    def __init__(self, index: SplitIndex, cache_dir: str, cache_limit_bytes: int):
+        self.index = index
+        self.remote = is_s3(index.location)
+        self.cache_root = Path(cache_dir).expanduser()
+        self.cache = self.cache_root / hashlib.sha256(index.location.encode()).hexdigest()[:16]
+        self.cache_limit_bytes = cache_limit_bytes
+        self.files_opened = 0  # shard files opened (the benchmark reports it per 1,000 images)
+        self.downloads = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid, self._files, self._store = os.getpid(), OrderedDict(), None
+
+    def __getstate__(self) -> dict:  # a worker process gets no open file or client of its parent
+        state = dict(self.__dict__)
+        state.update(_files=OrderedDict(), _store=None)
+        return state
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.index.location)
+        return self._store
+
+    def url(self, i: int) -> str:
+        return join(self.index.location, self.index.shards[int(self.index.shard[i])]["name"])
+
+    def read(self, i: int) -> bytes:
+        if os.getpid() != self._pid:  # forked after files were opened: those belong to the parent
+            self._reset()
+        record = self.index.shards[int(self.index.shard[i])]
+        offset, size = int(self.index.offset[i]), int(self.index.size[i])
+        data = os.pread(self._open(record), size, offset)
+        if len(data) != size:
+            raise ShardError(f"shard {self.url(i)} is truncated; {rewrite_hint(self.index.location)}")
+        return data
+
+    def _open(self, record: dict) -> int:
+        """A file descriptor of the shard (its cached copy for a remote split)."""
+        name = record["name"]
+        if name in self._files:
+            self._files.move_to_end(name)
+            return self._files[name]
+        path = self._cached(record) if self.remote else Path(join(self.index.location, name))
+        if not path.is_file() or path.stat().st_size != record["bytes"]:
+            state = "missing" if not path.is_file() else "truncated or changed"
+            raise ShardError(
+                f"shard {join(self.index.location, name)} is {state}; {rewrite_hint(self.index.location)}"
+            )
+        self.files_opened += 1
+        self._files[name] = os.open(path, os.O_RDONLY)
+        if len(self._files) > OPEN_SHARDS:
+            os.close(self._files.popitem(last=False)[1])
+        return self._files[name]
+
+    def _cached(self, record: dict) -> Path:
+        """The shard's path in the cache, downloaded first if needed (one process at a time per shard)."""
+        path = self.cache / record["name"]
+        self.cache.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+            if path.is_file() and path.stat().st_size == record["bytes"]:
+                os.utime(path)  # most recently used
+                return path
+            self._make_room(record["bytes"])
+            self._download(record, path)
+        return path
+
+    def _make_room(self, needed: int) -> None:
+        """Delete the least recently used cached shards (of any split) until ``needed`` more bytes fit. A shard
+        another process still reads stays readable through its open file until that process closes it."""
+        if needed > self.cache_limit_bytes:
+            raise UserError(
+                f"shards of {self.index.location} are {needed / 2**30:.2f} GiB, more than cache_limit_gb "
+                f"{self.cache_limit_bytes / 2**30:.2f}; raise data.init_args.cache_limit_gb"
+            )
+        cached = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.cache_root.glob("*/*.tar")]
+        used = sum(size for _, size, _ in cached)
+        for _, size, path in sorted(cached, key=lambda c: c[0]):
+            if used + needed <= self.cache_limit_bytes:
+                break
+            path.unlink(missing_ok=True)
+            used -= size
+
+    def _download(self, record: dict, path: Path) -> None:
+        url = join(self.index.location, record["name"])
+        partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+        try:
+            try:
+                self.store.download(record["name"], partial)
+            except FileNotFoundError:
+                raise ShardError(f"shard {url} is missing; {rewrite_hint(self.index.location)}") from None
+            if partial.stat().st_size != record["bytes"] or sha256_of_file(partial) != record["sha256"]:
+                raise ShardError(
+                    f"shard {url} does not match the size and SHA-256 its index records (damaged or replaced); "
+                    f"{rewrite_hint(self.index.location)}"
+                )
+            os.replace(partial, path)  # atomic: another process sees the whole shard or none
+            self.downloads += 1
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+class ShardImages(Dataset):
+    """``(transform(image), label)`` for each sample of a split, like torchvision's ``ImageFolder``.
+
+    Args:
+        reader: where the bytes come from.
+        transform: applied to the PIL RGB image, or (``encoded``) to ``(name, uint8 tensor of the file's bytes)``
+            as the fast path's transforms expect (``fast_augment.read_encoded``).
+        encoded: hand the transform the encoded bytes instead of a decoded image.
+    """
+
+    def __init__(self, reader: ShardReader, transform, encoded: bool = False):
+        self.reader, self.transform, self.encoded = reader, transform, encoded
+        self.targets = reader.index.label.tolist()
+        self.classes = reader.index.classes
+
+    def __len__(self) -> int:
+        return len(self.reader.index)
+
+    def shard_samples(self) -> list[list[int]]:
+        """Per shard, the indices of its samples in the order they are stored."""
+        index = self.reader.index
+        stored = np.lexsort((index.offset, index.shard))
+        return [
+            part.tolist() for part in np.split(stored, np.cumsum([r["count"] for r in index.shards])[:-1])
+        ]
+
+    def name(self, i: int) -> str:
+        """Where sample ``i`` is: its shard's URL and the sample's key in it."""
+        return f"{self.reader.url(i)}#{i:09d}"
+
+    def __getitem__(self, i: int):
+        data = self.reader.read(i)
+        if self.encoded:
+            sample = (self.name(i), torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        else:
+            try:
+                sample = Image.open(io.BytesIO(data)).convert("RGB")
+            except (OSError, SyntaxError, ValueError) as err:
+                raise CorruptImageError(
+                    f"cannot decode image {self.name(i)} ({err}); {rewrite_hint(self.reader.index.location)}"
+                ) from err
+        return self.transform(sample), self.targets[i]
+
+
+class EveryImageOnce(DistributedSampler):
+    """Evaluation order for ``num_replicas`` ranks: rank ``r`` reads samples ``r, r + R, r + 2R, ...``, so every
+    image is evaluated exactly once across the ranks (``DistributedSampler`` pads the last ranks with repeated
+    images, which top-1 would count twice). A ``DistributedSampler``, so Lightning keeps it.
+
+    The last ranks may then run one batch fewer; the tasks' metrics reduce once at the end of the epoch
+    (torchmetrics states, ``sync_dist`` on epoch-level values), so uneven counts do not block.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
