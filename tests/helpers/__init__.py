@@ -7,7 +7,7 @@ from .cli_args import CPU, DEMO_EPOCHS, QUIET, SHORT, tiny_detection, tiny_segme
 from .paths import CONFIGS, DIGITS, EXPERIMENTS, NOTEBOOKS, ROOT, TESTS
 from .processes import run_main, run_python
 from .refusals import refused, run_folders
-from .training import atto_classifier, quiet_trainer, synthetic_data
+from .training import atto_classifier, max_difference, quiet_trainer, synthetic_data
 
 __all__ = [
     "CONFIGS",
@@ -21,6 +21,7 @@ __all__ = [
     "SHORT",
     "TESTS",
     "atto_classifier",
+    "max_difference",
     "quiet_trainer",
     "refused",
     "run_folders",

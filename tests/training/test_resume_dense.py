@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CPU, EXPERIMENTS, QUIET, run_main
+from helpers import CPU, EXPERIMENTS, QUIET, max_difference, run_main
 
 from convnext_pl.training.cli import cli_main
 
@@ -68,24 +68,6 @@ def _run(task: str, tmp_path: Path, runs: str, *extra: str):
 def _last(task: str, tmp_path: Path, runs: str, version: int) -> dict:
     path = tmp_path / runs / TASKS[task][2] / f"version_{version}" / "checkpoints" / "last.ckpt"
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _tensors(checkpoint: dict) -> dict[str, torch.Tensor]:
-    """Every tensor a resumed run must reproduce: weights and buffers, and each optimizer state entry."""
-    tensors = {f"state_dict.{name}": value for name, value in checkpoint["state_dict"].items()}
-    for optimizer, state in enumerate(checkpoint["optimizer_states"]):
-        for param, entries in state["state"].items():
-            tensors |= {f"optimizer{optimizer}.{param}.{key}": value for key, value in entries.items()}
-    return {name: torch.as_tensor(value) for name, value in tensors.items()}
-
-
-def max_difference(resumed: dict, reference: dict) -> tuple[float, str]:
-    """The largest |resumed - reference| over every tensor of :func:`_tensors`, and the tensor it is in."""
-    got, want = _tensors(resumed), _tensors(reference)
-    assert got.keys() == want.keys()
-    differences = {name: (got[name].double() - want[name].double()).abs().max().item() for name in want}
-    name = max(differences, key=differences.get)
-    return differences[name], name
 
 
 @pytest.mark.slow

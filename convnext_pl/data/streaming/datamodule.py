@@ -125,13 +125,16 @@ class StreamingImageDataModule(RecipeTransforms, ClassificationDataModule):
             return
         per_shard = len(dataset) / len(shards)
         spanned = min(len(shards), int(self.shuffle_window / per_shard) + CACHE_SPARE_SHARDS)
-        needed = spanned * max(record["bytes"] for record in shards)
+        ranks = (
+            self.trainer.num_devices if self.trainer is not None else 1
+        )  # the ranks of a node share its cache
+        needed = min(total, ranks * spanned * max(record["bytes"] for record in shards))
         if limit < needed:
             raise UserError(
                 f"a shuffle window of {self.shuffle_window} samples reads {spanned} shards of "
-                f"{dataset.reader.index.location} at once ({needed / GIB:.2f} GiB) but cache_limit_gb is "
-                f"{self.cache_limit_gb}; raise data.init_args.cache_limit_gb to {needed / GIB:.2f} or lower "
-                "data.init_args.shuffle_window"
+                f"{dataset.reader.index.location} at once on each of {ranks} ranks ({needed / GIB:.2f} GiB) but "
+                f"cache_limit_gb is {self.cache_limit_gb}; raise data.init_args.cache_limit_gb to "
+                f"{needed / GIB:.2f} or lower data.init_args.shuffle_window"
             )
 
     def _setup_splits(self, stage: str) -> None:

@@ -94,30 +94,33 @@ class ShardReader:
         if name in self._files:
             self._files.move_to_end(name)
             return self._files[name]
-        path = self._cached(record) if self.remote else Path(join(self.index.location, name))
-        if not path.is_file() or path.stat().st_size != record["bytes"]:
-            state = "missing" if not path.is_file() else "truncated or changed"
-            raise ShardError(
-                f"shard {join(self.index.location, name)} is {state}; {rewrite_hint(self.index.location)}"
-            )
+        if self.remote:
+            self._files[name] = self._open_cached(record)
+        else:
+            path = Path(join(self.index.location, name))
+            if not path.is_file() or path.stat().st_size != record["bytes"]:
+                state = "missing" if not path.is_file() else "truncated or changed"
+                raise ShardError(f"shard {path} is {state}; {rewrite_hint(self.index.location)}")
+            self._files[name] = os.open(path, os.O_RDONLY)
         self.files_opened += 1
-        self._files[name] = os.open(path, os.O_RDONLY)
         if len(self._files) > OPEN_SHARDS:
             os.close(self._files.popitem(last=False)[1])
         return self._files[name]
 
-    def _cached(self, record: dict) -> Path:
-        """The shard's path in the cache, downloaded first if needed (one process at a time per shard)."""
+    def _open_cached(self, record: dict) -> int:
+        """A file descriptor of the shard's cached copy, downloaded first if needed. Opened under the shard's lock
+        (one process downloads it, the others wait), so another process's eviction cannot delete it in between;
+        once open it stays readable even if it is evicted."""
         path = self.cache / record["name"]
         self.cache.mkdir(parents=True, exist_ok=True)
         with open(path.with_name(path.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
             if path.is_file() and path.stat().st_size == record["bytes"]:
                 os.utime(path)  # most recently used
-                return path
-            self._make_room(record["bytes"])
-            self._download(record, path)
-        return path
+            else:
+                self._make_room(record["bytes"])
+                self._download(record, path)
+            return os.open(path, os.O_RDONLY)
 
     def _make_room(self, needed: int) -> None:
         """Delete the least recently used cached shards (of any split) until ``needed`` more bytes fit. A shard

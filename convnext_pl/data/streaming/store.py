@@ -7,6 +7,7 @@ roles) and the endpoint from ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) f
 here logs either. boto3 is imported only when an ``s3://`` location is used (the ``streaming`` extra).
 """
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -25,6 +26,24 @@ def is_s3(location: str) -> bool:
 
 def join(location: str, name: str) -> str:
     return f"{str(location).rstrip('/')}/{name}"
+
+
+def open_store(location: str) -> "Store":
+    """The process's :class:`Store` of ``location`` for the converter, which would otherwise build one per shard:
+    a boto3 client takes ~0.3 s to build (it loads the service model). Keyed by process id as well: a forked
+    worker must not share its parent's connections. The converter clears it when it starts (credentials and
+    endpoint are read when a client is built)."""
+    return _store_of_process(str(location), os.getpid())
+
+
+@functools.cache
+def _store_of_process(location: str, pid: int) -> "Store":
+    return Store(location)
+
+
+def forget_stores() -> None:
+    """Drop the stores :func:`open_store` keeps, so that the next ones read the environment again."""
+    _store_of_process.cache_clear()
 
 
 class Store:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from convnext_pl.data.classification.folder import VisibleImageFolder, list_class_folders
 from convnext_pl.data.streaming.shards import sha256_of_file, shard_name, sidecar_name, write_split_index
-from convnext_pl.data.streaming.store import Store, is_s3, join
+from convnext_pl.data.streaming.store import forget_stores, is_s3, join, open_store
 from convnext_pl.errors import UserError
 
 TAR_MEMBER_OVERHEAD = 1536  # two 512-byte headers (label and image) and padding, per sample
@@ -103,7 +103,7 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def write_shard(job: ShardJob) -> dict:
     """Write one shard and its sidecar; returns the sidecar. The tar is written under a temporary name and
     renamed (or uploaded) only when complete, then the sidecar, so a shard with a sidecar is whole."""
-    store, name = Store(job.out), shard_name(job.number)
+    store, name = open_store(job.out), shard_name(job.number)
     local_tmp = None if is_s3(job.out) else job.out  # same file system as the output: the rename is atomic
     with tempfile.TemporaryDirectory(prefix=PARTIAL_PREFIX, dir=local_tmp) as tmp:
         path = Path(tmp) / name
@@ -129,7 +129,7 @@ def write_shard(job: ShardJob) -> dict:
 def finished_shard(job: ShardJob) -> dict | None:
     """The sidecar of a shard a previous run completed, when the tar's size and hash match it (re-hashed locally;
     on S3 the hash recorded with the object) and it was planned from the same files; else None."""
-    store, name = Store(job.out), shard_name(job.number)
+    store, name = open_store(job.out), shard_name(job.number)
     try:
         sidecar = json.loads(store.read(sidecar_name(name)))
     except (FileNotFoundError, ValueError):
@@ -142,7 +142,7 @@ def finished_shard(job: ShardJob) -> dict | None:
 
 
 def refuse_non_empty(out: str, overwrite: bool, resume: bool) -> None:
-    store = Store(out)
+    store = open_store(out)
     if overwrite:
         store.delete_all()
     elif store.names() and not resume:
@@ -158,6 +158,7 @@ def convert(src: str, out: str, splits: list[str], shard_size_mb: float = 64, wo
         ``split -> number of images`` written.
     """
     folders = list_splits(src, splits)
+    forget_stores()  # this conversion's endpoint and credentials, not an earlier one's
     refuse_non_empty(out, overwrite, resume)
     if not is_s3(out):
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -189,6 +190,6 @@ def convert(src: str, out: str, splits: list[str], shard_size_mb: float = 64, wo
                 rows[index] = [job.number, offset, size, label]
         shards = [{key: done[job.number][key] for key in ("name", "bytes", "sha256")} | {"count": len(job.samples)}
                   for job in jobs]  # fmt: skip
-        write_split_index(Store(split_out), classes, shards, rows)
+        write_split_index(open_store(split_out), classes, shards, rows)
         counts[split] = len(rows)
     return counts
