@@ -89,6 +89,20 @@ def seeded_cpu_generators(seed: int, restore: bool = True) -> Iterator[None]:
             random.setstate(python_state)
 
 
+@contextlib.contextmanager
+def cpu_generators_untouched() -> Iterator[None]:
+    """Run the block and put torch's CPU, numpy's and python's global generators back as they were: for I/O
+    inside a sample's seeded read that may draw from them (boto3's transfers draw from python's ``random``), so
+    that the sample's augmentation does not depend on whether its file had to be fetched first."""
+    torch_state, numpy_state, python_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+
+
 class StepSeeding(Callback):
     """Seeds torch, numpy and python's global generators at every training batch from
     ``(seed, rank, epoch, batch)``.

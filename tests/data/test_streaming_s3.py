@@ -120,3 +120,25 @@ def test_a_shard_replaced_in_the_bucket_is_refused_before_it_is_used(digits, ser
     assert _cache_bytes(tmp_path / "cache") < 2**20 and not list(
         (tmp_path / "cache").rglob("shard-000000.tar")
     )
+
+
+def test_batches_from_the_bucket_equal_those_from_local_shards_whether_or_not_a_shard_was_fetched_first(
+    digits, server, monkeypatch, tmp_path
+):
+    # boto3's transfers draw from python's random, which timm's crop draws from next: a fetch inside a sample's
+    # seeded read must leave the generators as it found them (seeding.cpu_generators_untouched).
+    url = write_shards(digits, server, monkeypatch)
+    local = tmp_path / "local"
+    streaming_main(["write", "--src", str(digits), "--out", str(local), "--shard-size-mb", str(SHARD_MB),
+                    "--no-progress"])  # fmt: skip
+    options = dict(num_classes=10, batch_size=16, num_workers=0, image_size=16, auto_augment=None, re_prob=0.0,
+                   crop_scale=(0.5, 1.0), shuffle_window=48)  # fmt: skip
+
+    def first_batches(root: str, **extra) -> list:
+        module = StreamingImageDataModule(root, **options, **extra)
+        module.setup("fit")
+        return [batch for _, batch in zip(range(9), module.train_dataloader(), strict=False)]
+
+    remote = first_batches(url, cache_dir=str(tmp_path / "cache"), cache_limit_gb=0.0005)
+    for (a, y_a), (b, y_b) in zip(first_batches(str(local)), remote, strict=True):
+        assert torch.equal(a, b) and torch.equal(y_a, y_b)

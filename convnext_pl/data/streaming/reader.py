@@ -27,6 +27,7 @@ from convnext_pl.data.images import CorruptImageError
 from convnext_pl.data.streaming.shards import SplitIndex, sha256_of_file
 from convnext_pl.data.streaming.store import Store, is_s3, join
 from convnext_pl.errors import UserError, WorkerUserError
+from convnext_pl.training.seeding import cpu_generators_untouched
 
 OPEN_SHARDS = 16  # shard files each process keeps open (a window's worth; the least recently used is closed)
 
@@ -119,23 +120,35 @@ class ShardReader:
                 os.utime(path)  # most recently used
             else:
                 self._make_room(record["bytes"])
-                self._download(record, path)
+                with cpu_generators_untouched():  # the sample being read is augmented after this
+                    self._download(record, path)
             return os.open(path, os.O_RDONLY)
 
     def _make_room(self, needed: int) -> None:
         """Delete the least recently used cached shards (of any split) until ``needed`` more bytes fit. A shard
-        another process still reads stays readable through its open file until that process closes it."""
+        whose lock another process holds (it is downloading or opening it) is left alone; one it already has open
+        stays readable through its file descriptor after the deletion."""
         if needed > self.cache_limit_bytes:
             raise UserError(
                 f"shards of {self.index.location} are {needed / 2**30:.2f} GiB, more than cache_limit_gb "
                 f"{self.cache_limit_bytes / 2**30:.2f}; raise data.init_args.cache_limit_gb"
             )
-        cached = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.cache_root.glob("*/*.tar")]
+        cached = []
+        for path in self.cache_root.glob("*/*.tar"):
+            try:
+                cached.append((path.stat().st_mtime, path.stat().st_size, path))
+            except FileNotFoundError:  # evicted by another process meanwhile
+                pass
         used = sum(size for _, size, _ in cached)
         for _, size, path in sorted(cached, key=lambda c: c[0]):
             if used + needed <= self.cache_limit_bytes:
                 break
-            path.unlink(missing_ok=True)
+            with open(path.with_name(path.name + ".lock"), "w") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                path.unlink(missing_ok=True)
             used -= size
 
     def _download(self, record: dict, path: Path) -> None:
