@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
+from convnext_pl.errors import UserError
 from convnext_pl.training.seeding import derive_seed, seeded_cpu_generators
 
 
@@ -105,8 +106,9 @@ class SeededSamples(Dataset):
 class ResumableDataLoader(DataLoader):
     """A DataLoader over a :class:`ResumableSampler` whose position Lightning saves in every checkpoint.
 
-    ``state_dict()`` is ``{"seed", "epoch", "batches"}`` (batches handed out in this epoch so far); after
-    ``load_state_dict`` the next iteration of that epoch starts at the following batch.
+    ``state_dict()`` is ``{"seed", "epoch", "batches", "world_size"}`` (batches handed out in this epoch so far,
+    by each of ``world_size`` ranks); after ``load_state_dict`` the next iteration of that epoch starts at the
+    following batch. A mid-epoch state of another world size is refused (each rank's part depends on it).
     Takes the arguments of :class:`~torch.utils.data.DataLoader`.
     """
 
@@ -126,11 +128,25 @@ class ResumableDataLoader(DataLoader):
     def state_dict(self) -> dict[str, int]:
         if not isinstance(self.sampler, ResumableSampler):
             return {}
-        return {"seed": self.sampler.seed, "epoch": self.sampler.epoch, "batches": self._batches_seen}
+        return {
+            "seed": self.sampler.seed,
+            "epoch": self.sampler.epoch,
+            "batches": self._batches_seen,
+            "world_size": self.sampler.num_replicas,
+        }
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if not state_dict or not isinstance(self.sampler, ResumableSampler):
             return
+        saved_world = state_dict.get("world_size", self.sampler.num_replicas)  # absent in older checkpoints
+        if state_dict["batches"] and saved_world != self.sampler.num_replicas:
+            # Each rank's part of an epoch depends on the number of ranks: with another count, the rest of the
+            # interrupted epoch would repeat some samples and skip others.
+            raise UserError(
+                f"the checkpoint was saved {state_dict['batches']} batches into an epoch by {saved_world} "
+                f"processes, and this run has {self.sampler.num_replicas}; resume it with {saved_world} "
+                "(trainer.devices x trainer.num_nodes), or from a checkpoint saved at the end of an epoch"
+            )
         # The saved seed wins over this run's: the rest of the interrupted epoch must follow the same permutation.
         self.sampler.seed = state_dict["seed"]
         self.sampler.epoch = state_dict["epoch"]

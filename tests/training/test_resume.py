@@ -14,6 +14,7 @@ from helpers import DIGITS, QUIET, run_main
 from torch.utils.data import Dataset
 
 from convnext_pl.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
+from convnext_pl.errors import UserError
 from convnext_pl.training.checkpointing import find_last_checkpoint
 from convnext_pl.training.cli import cli_main
 from convnext_pl.training.seeding import StepSeeding, derive_seed, seed_all
@@ -138,13 +139,23 @@ def test_a_restored_loader_yields_the_rest_of_the_epoch_exactly(num_workers):
         if len(seen) == 2:
             break
     state = interrupted.state_dict()
-    assert state == {"seed": 7, "epoch": 1, "batches": 2}
+    assert state == {"seed": 7, "epoch": 1, "batches": 2, "world_size": 1}
     resumed = _loader(num_workers, seed=123)  # the checkpoint's seed wins over the new run's
     resumed.load_state_dict(state)
     rest = _epoch(resumed, 1)
     assert len(rest) == 4 and resumed.state_dict()["batches"] == 6
     assert all(torch.equal(a, b) for a, b in zip(seen + rest, epoch1, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(_epoch(resumed, 2), _epoch(straight, 2), strict=True))
+
+
+def test_a_mid_epoch_position_of_another_world_size_is_refused_and_an_end_of_epoch_one_is_not():
+    # Each rank's part of an epoch depends on the number of ranks: the rest of a 2-rank epoch cannot be split
+    # among 1 or 4 ranks without repeating or skipping samples.
+    with pytest.raises(UserError, match="saved 2 batches into an epoch by 2 processes, and this run has 1"):
+        _loader().load_state_dict({"seed": 7, "epoch": 1, "batches": 2, "world_size": 2})
+    loader = _loader()
+    loader.load_state_dict({"seed": 7, "epoch": 2, "batches": 0, "world_size": 2})
+    assert loader.sampler.epoch == 2 and loader.sampler.start == 0
 
 
 def test_seeded_reads_repeat_and_leave_the_global_generators_where_they_were():
