@@ -81,7 +81,7 @@ def test_the_projects_own_checkpoints_load_with_weights_only(digits_ckpt):
         "hyper_parameters",
         "DigitsDataModule",
     } <= set(checkpoint)
-    assert checkpoint["DigitsDataModule"]["train_loader"].keys() == {"seed", "epoch", "batches"}
+    assert checkpoint["DigitsDataModule"]["train_loader"].keys() == {"seed", "epoch", "batches", "world_size"}
     assert (
         checkpoint["hyper_parameters"]["net"]["init_args"]["name"] == "convnext_atto"
     )  # plain config values
