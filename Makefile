@@ -89,6 +89,7 @@ bench: install ## CPU training-throughput benchmarks (issue targets) into runs/b
 	$(PY) benchmarks/train_throughput.py --device cpu --model convnext_tiny --image-size 224 --batch-size 8 \
 		--steps 10 --json runs/bench/tiny_224.json
 	$(PY) benchmarks/data_throughput.py --workers 0 1 2 --json runs/bench/data.json
+	$(PY) benchmarks/streaming_throughput.py --images 1280 --batches 30 --json runs/bench/streaming.json
 
 gpu-suite: install ## One-GPU measurement (~6 min): gpu tests, train img/s eager+compiled, input pipeline, one table.
 	@mkdir -p runs/bench
