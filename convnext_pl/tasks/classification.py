@@ -109,11 +109,7 @@ class ImageClassifier(WarmupCosineRecipe, TaskModule):
             compile=compile,
             grad_checkpointing=grad_checkpointing,
         )
-        if min_lr > lr:  # a relation, which types cannot say
-            raise UserError(
-                f"model.init_args.min_lr {min_lr} is above model.init_args.lr {lr}: the cosine decay would climb; "
-                "give a min_lr <= lr"
-            )
+        self.check_recipe(lr, min_lr)
         self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:

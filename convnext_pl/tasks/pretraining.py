@@ -83,11 +83,7 @@ class MaskedAutoencoderPretrainer(WarmupCosineRecipe, TaskModule):
             compile=compile,
             grad_checkpointing=grad_checkpointing,
         )
-        if min_lr > lr:
-            raise UserError(
-                f"model.init_args.min_lr {min_lr} is above model.init_args.lr {lr}: the cosine decay would climb; "
-                "give a min_lr <= lr"
-            )
+        self.check_recipe(lr, min_lr)
         self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
         self._shown: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 

@@ -8,6 +8,7 @@ A task using it has the hyperparameters ``lr``, ``lr_reference_batch``, ``min_lr
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from convnext_pl.errors import UserError
 from convnext_pl.training.optim import (
     build_optimizer,
     effective_batch_size,
@@ -20,6 +21,19 @@ from convnext_pl.training.optim import (
 class WarmupCosineRecipe:
     """``lr_schedule_settings`` and ``configure_optimizers`` of the warm-up + cosine recipe; listed before
     :class:`~convnext_pl.tasks.base.TaskModule` among a task's bases."""
+
+    @staticmethod
+    def check_recipe(lr: float, min_lr: float) -> None:
+        """Refuse settings whose relation types cannot say: a cosine decay that would climb.
+
+        Raises:
+            UserError: ``min_lr`` above ``lr``.
+        """
+        if min_lr > lr:
+            raise UserError(
+                f"model.init_args.min_lr {min_lr} is above model.init_args.lr {lr}: the cosine decay would climb; "
+                "give a min_lr <= lr"
+            )
 
     def layer_ids(self) -> dict[str, int] | None:
         """Layer id of every parameter for layer-wise lr decay; None: no layer decay."""

@@ -28,10 +28,8 @@ from convnext_pl.weights.conversions import (
     fcmae_to_convnextv2,
 )
 from convnext_pl.weights.download import resolve
-from convnext_pl.weights.loading import read_state_dict, to_official_names
+from convnext_pl.weights.loading import network_state, read_state_dict, to_official_names
 from convnext_pl.weights.state_dict import first_state_mismatch
-
-_LIGHTNING_PREFIX = "net."
 
 
 def is_decoder_key(key: str) -> bool:
@@ -40,10 +38,7 @@ def is_decoder_key(key: str) -> bool:
 
 def fcmae_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Any of the module docstring's layouts in the FCMAE model's names: ``encoder.*`` dense, the decoder as is."""
-    if any(k.startswith(_LIGHTNING_PREFIX) for k in state):
-        state = {
-            k.removeprefix(_LIGHTNING_PREFIX): v for k, v in state.items() if k.startswith(_LIGHTNING_PREFIX)
-        }
+    state = network_state(state)
     decoder = {k: v for k, v in state.items() if is_decoder_key(k)}
     if any(k.startswith(FCMAE_PREFIX) for k in state):  # released (sparse) or this project's (dense) FCMAE
         encoder = fcmae_to_convnextv2(state)  # dense keys pass through unchanged; drops the decoder

@@ -156,6 +156,14 @@ def describe_network(model: nn.Module) -> str:
     return ", ".join(words)
 
 
+def network_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The network's tensors of a LightningModule's state dict (``net.*``, prefix stripped): the module may hold
+    more than the network (an EMA copy, metrics). A state dict without ``net.*`` keys is returned as it is."""
+    if not any(k.startswith(_LIGHTNING_PREFIX) for k in state):
+        return state
+    return {k.removeprefix(_LIGHTNING_PREFIX): v for k, v in state.items() if k.startswith(_LIGHTNING_PREFIX)}
+
+
 def to_official_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip wrapper prefixes and rename a timm state dict to the official names; official ones pass through.
 
@@ -165,11 +173,7 @@ def to_official_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     Returns:
         The same tensors under official names and shapes.
     """
-    if any(k.startswith(_LIGHTNING_PREFIX) for k in state):
-        # A LightningModule may hold more than the network (an EMA copy, metrics): keep `net.*` only.
-        state = {
-            k.removeprefix(_LIGHTNING_PREFIX): v for k, v in state.items() if k.startswith(_LIGHTNING_PREFIX)
-        }
+    state = network_state(state)
     if is_fcmae(state):  # a ConvNeXt V2 FCMAE pre-training file: sparse encoder kernels -> dense
         state = fcmae_to_convnextv2(state)
     # torch.compile(module) stored as an attribute inserts `_orig_mod.`; DDP/DataParallel prefix `module.`.
