@@ -22,7 +22,7 @@ def build_parser() -> OneLineArgumentParser:
     write.add_argument("--shard-size-mb", type=float, default=64,
                        help="target shard size (64 MB, litdata's and MosaicML streaming's default: about a second "
                             "per shard from S3; ImageNet-1K ~2,300 shards, 22K ~21,000)")  # fmt: skip
-    write.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes writing shards")
+    write.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads writing shards")
     write.add_argument("--resize-longer", type=int, default=None, metavar="N",
                        help="re-encode (JPEG q95) images whose longer side passes N pixels to N: a second lossy "
                             "generation and a full decode + encode per image (about 3x the conversion time), "

@@ -8,7 +8,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +177,9 @@ def convert(src: str, out: str, splits: list[str], shard_size_mb: float = 64, wo
         todo = [job for job in jobs if job.number not in done]
         bar = tqdm(total=sum(len(j.samples) for j in jobs), unit="img", desc=split, disable=not progress)
         bar.update(sum(len(jobs[n].samples) for n in done))
-        with ProcessPoolExecutor(max(1, workers)) as pool:
+        # Threads, not processes: the work is file I/O, hashing and (with resizing) Pillow, which all release the
+        # GIL; and forking a process that runs threads (torch's, boto3's) can deadlock the children.
+        with ThreadPoolExecutor(max(1, workers)) as pool:
             for job, sidecar in zip(todo, pool.map(write_shard, todo), strict=True):
                 done[job.number] = sidecar
                 bar.update(len(job.samples))
