@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
-from train_throughput import LR, WEIGHT_DECAY, Window, _environment, _load_average
+from train_throughput import LR, WEIGHT_DECAY, Window, _environment, _load_average, set_threads
 
 from convnext_pl.models import create_model
 from convnext_pl.models.fcmae import FCMAE, create_fcmae
@@ -204,10 +204,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.clock == "thread" and (args.device == "cuda" or (args.threads or torch.get_num_threads()) > 1):
-        raise SystemExit("--clock thread measures one CPU thread: use it with --device cpu --threads 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     result = run(args)
     print(table(result))
     if args.json:

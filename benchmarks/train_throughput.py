@@ -468,13 +468,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads``, refusing ``--clock thread`` where it would not measure the only thread doing the work."""
     if args.clock == "thread" and (args.device == "cuda" or (args.threads or torch.get_num_threads()) > 1):
         raise SystemExit("--clock thread measures one CPU thread: use it with --device cpu --threads 1")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # else a device banner per repeat
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    set_threads(args)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # else a device banner per repeat
     result = run(args)
     summary = {k: result[k] for k in ("lightning_img_s", "bare_img_s", "timm_img_s")}
     summary |= {k: result[k] for k in ("lightning_over_bare", "ours_over_timm", "peak_memory_mib")}
