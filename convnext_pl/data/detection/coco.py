@@ -61,8 +61,7 @@ class COCOInstances(Dataset):
         self, image_dir: Path, annotation_file: Path, train: bool, transform: v2.Transform | None = None
     ):
         document = read_annotation_file(annotation_file)
-        if not image_dir.is_dir():
-            raise UserError(f"COCO image folder {image_dir} does not exist; put the split's images there.")
+        self.check_images(image_dir)
         self.has_masks = has_segmentations(document)  # False: a box-only export
         self.categories = document["categories"]
         self.summary = None  # the line counting the annotations training leaves out
@@ -71,7 +70,7 @@ class COCOInstances(Dataset):
         else:
             check_for_evaluation(document, annotation_file, self.has_masks)
         try:
-            dataset = _CocoFromDocument(image_dir, document)
+            dataset = self.images(image_dir, document)
         except (KeyError, TypeError) as err:
             raise UserError(
                 f"{annotation_file} is not a COCO annotation file ({type(err).__name__}: {err}); "
@@ -93,6 +92,15 @@ class COCOInstances(Dataset):
         self.ids = dataset.ids
         keys = ("image_id", "boxes", "labels", "iscrowd", "area") + (("masks",) if self.has_masks else ())
         self.dataset = wrap_dataset_for_transforms_v2(dataset, target_keys=keys)
+
+    def check_images(self, image_dir: Path) -> None:
+        if not image_dir.is_dir():
+            raise UserError(f"COCO image folder {image_dir} does not exist; put the split's images there.")
+
+    def images(self, image_dir: Path, document: dict) -> CocoDetection:
+        """The split as torchvision's ``CocoDetection`` on the document; one reading its images from elsewhere
+        (shards: ``streaming/coco.py``) replaces this and :meth:`check_images`."""
+        return _CocoFromDocument(image_dir, document)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -230,14 +238,16 @@ class COCODataModule(TaskDataModule):
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             return None  # setup() names the broken file in one sentence
 
+    def instances(self, split: str, train: bool, transform: v2.Transform | None = None) -> COCOInstances:
+        """One split's data set (from shards: ``streaming/coco.py``)."""
+        return COCOInstances(*self.split_paths(split), train=train, transform=transform)
+
     def setup(self, stage: str) -> None:
         if stage == "fit" and "train" not in self.datasets:
             transform = detr_train_transform(**self.augmentation)
-            self.datasets["train"] = COCOInstances(
-                *self.split_paths(self.train_split), train=True, transform=transform
-            )
+            self.datasets["train"] = self.instances(self.train_split, train=True, transform=transform)
         if "val" not in self.datasets:
-            self.datasets["val"] = COCOInstances(*self.split_paths(self.val_split), train=False)
+            self.datasets["val"] = self.instances(self.val_split, train=False)
         if stage == "fit":
             train, val = self.datasets["train"], self.datasets["val"]
             check_same_categories(

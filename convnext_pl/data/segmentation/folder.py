@@ -7,6 +7,7 @@ the label's resolution), so the evaluation loaders hold one image per batch, as 
 """
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -23,26 +24,29 @@ from convnext_pl.ranges import LeftOpenUnitInterval
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def read_label(path: Path) -> torch.Tensor:
-    """A PNG label map (mode L or P: one class index per pixel) as a (H, W) uint8 tensor."""
+def read_label(path: Path | BinaryIO, name: str | None = None) -> torch.Tensor:
+    """A PNG label map (mode L or P: one class index per pixel) as a (H, W) uint8 tensor. ``name``: what errors
+    call it (default ``path``; shards hand over bytes)."""
+    name = name or path
     try:
         with Image.open(path) as label:
             label.load()
             if label.mode not in ("L", "P"):
                 raise UserError(
-                    f"Label map '{path}' is a {label.mode} image; write one class index per pixel (PNG mode L or P)."
+                    f"Label map '{name}' is a {label.mode} image; write one class index per pixel (PNG mode L or P)."
                 )
             return torch.from_numpy(np.array(label, dtype=np.uint8))
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise UserError(f"Label map '{path}' cannot be read (damaged or not a PNG); replace the file.") from e
+        raise UserError(f"Label map '{name}' cannot be read (damaged or not a PNG); replace the file.") from e
 
 
-def read_image(path: Path) -> tv_tensors.Image:
+def read_image(path: Path | BinaryIO, name: str | None = None) -> tv_tensors.Image:
+    name = name or path
     try:
         with Image.open(path) as image:
             array = np.array(image.convert("RGB"))
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise UserError(f"Image '{path}' cannot be read (damaged or not an image); replace the file.") from e
+        raise UserError(f"Image '{name}' cannot be read (damaged or not an image); replace the file.") from e
     return tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1))  # (H, W, 3) -> (3, H, W)
 
 
@@ -90,10 +94,18 @@ class SegmentationFolder(Dataset):
                 f"Label map '{missing}' is missing; every image needs a PNG label map of the same name."
             )
         self.num_classes, self.transform, self.eval_transform = num_classes, transform, eval_transform
-        self.reduce_zero_label = reduce_zero_label
+        self.reduce_zero_label, self.label_dir = reduce_zero_label, label_dir
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def image_of(self, index: int) -> tv_tensors.Image:
+        """Image ``index`` (from shards: ``streaming/segmentation.py``)."""
+        return read_image(self.images[index])
+
+    def label_of(self, index: int) -> torch.Tensor:
+        """Label map ``index`` as the PNG holds it."""
+        return read_label(self.labels[index])
 
     def check_labels_have_classes(self, count: int = 16) -> None:
         """Refuse a set whose first ``count`` label maps hold only the ignore value: nothing would be learned, and
@@ -102,8 +114,8 @@ class SegmentationFolder(Dataset):
         Raises:
             UserError: naming the folder, the ignore value and ``reduce_zero_label``.
         """
-        for path in self.labels[:count]:
-            label = read_label(path)
+        for index in range(min(count, len(self.labels))):
+            label = self.label_of(index)
             label = reduce_zero_label(label) if self.reduce_zero_label else label.long()
             if bool((label != IGNORE_INDEX).any()):
                 return
@@ -114,7 +126,7 @@ class SegmentationFolder(Dataset):
             else ""
         )
         raise UserError(
-            f"every pixel of the first {shown} label maps in '{self.labels[0].parent}' is the ignore value "
+            f"every pixel of the first {shown} label maps in '{self.label_dir}' is the ignore value "
             f"{IGNORE_INDEX}{zero}: there is no class to learn; check the label PNGs"
             + (
                 ", or set data.init_args.reduce_zero_label false if 0 is a class"
@@ -124,7 +136,7 @@ class SegmentationFolder(Dataset):
         )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = read_image(self.images[index]), read_label(self.labels[index])
+        image, label = self.image_of(index), self.label_of(index)
         if tuple(image.shape[1:]) != tuple(label.shape):
             raise UserError(
                 f"Label map '{self.labels[index]}' is {tuple(label.shape)} (H, W) but its image "

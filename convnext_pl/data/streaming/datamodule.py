@@ -4,26 +4,19 @@ from collections.abc import Sequence
 from typing import Literal
 
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat, PositiveInt
-from lightning.pytorch.utilities import rank_zero_warn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from convnext_pl.data.augment.transforms import RECIPE_AUTO_AUGMENT, RECIPE_CROP_PCT, RECIPE_RE_PROB
 from convnext_pl.data.base import ClassificationDataModule
 from convnext_pl.data.classification.folder import RecipeTransforms
-from convnext_pl.data.resumable import ResumableSampler
-from convnext_pl.data.streaming.reader import EveryImageOnce, ShardImages, ShardReader
-from convnext_pl.data.streaming.sampler import ShardOrderSampler
-from convnext_pl.data.streaming.shards import load_split_index
-from convnext_pl.data.streaming.store import is_s3
+from convnext_pl.data.streaming.reader import EveryImageOnce, ShardImages
+from convnext_pl.data.streaming.source import ShardSource
 from convnext_pl.errors import UserError
 from convnext_pl.ranges import LeftOpenUnitInterval
 
-GIB = 2**30
-CACHE_SPARE_SHARDS = 2  # a window straddles shard boundaries: two more shards than it spans on average
 
-
-class StreamingImageDataModule(RecipeTransforms, ClassificationDataModule):
+class StreamingImageDataModule(ShardSource, RecipeTransforms, ClassificationDataModule):
     """Shards written by ``python -m convnext_pl.data.streaming write``, in a folder or at ``s3://bucket/prefix``.
 
     The transforms are :class:`~convnext_pl.data.ImageFolderDataModule`'s own and sample ``i`` of a split is
@@ -85,11 +78,9 @@ class StreamingImageDataModule(RecipeTransforms, ClassificationDataModule):
         super().__init__(
             batch_size=batch_size, num_workers=num_workers, image_size=image_size, predict_dir=predict_dir
         )
-        self.root = root
+        self.store_source(root, shuffle, shuffle_window, cache_dir, cache_limit_gb)
         self._num_classes = num_classes
         self.train_split, self.val_split = train_split, val_split
-        self.shuffle, self.shuffle_window = shuffle, shuffle_window
-        self.cache_dir, self.cache_limit_gb = cache_dir, cache_limit_gb
         self.store_recipe(auto_augment, re_prob, re_mode, interpolation, crop_scale, crop_pct, mean, std,
                           fast_pipeline)  # fmt: skip
 
@@ -98,49 +89,18 @@ class StreamingImageDataModule(RecipeTransforms, ClassificationDataModule):
         return self._num_classes
 
     def _split(self, split: str, transform, encoded: bool = False) -> ShardImages:
-        index = load_split_index(self.root, split)
-        if len(index.classes) != self.num_classes:
+        reader = self.shard_reader(split, "imagefolder")
+        if len(reader.index.classes) != self.num_classes:
             raise UserError(
-                f"{index.location} has {len(index.classes)} classes but num_classes is {self.num_classes}; "
-                f"set data.init_args.num_classes: {len(index.classes)}"
+                f"{reader.index.location} has {len(reader.index.classes)} classes but num_classes is "
+                f"{self.num_classes}; set data.init_args.num_classes: {len(reader.index.classes)}"
             )
-        reader = ShardReader(index, self.cache_dir, int(self.cache_limit_gb * GIB))
         return ShardImages(reader, transform, encoded=encoded)
-
-    def _check_cache(self, dataset: ShardImages) -> None:
-        """Refuse a cache too small for the shards a training window reads at once (it would re-download them
-        over and over), and warn when a global shuffle from object storage cannot keep the split cached."""
-        if not is_s3(self.root):
-            return
-        shards = dataset.reader.index.shards
-        total = sum(record["bytes"] for record in shards)
-        limit = self.cache_limit_gb * GIB
-        if self.shuffle == "global":
-            if limit < total:
-                rank_zero_warn(
-                    f"shuffle: global reads every shard of {dataset.reader.index.location} ({total / GIB:.1f} GiB) in "
-                    f"every batch but cache_limit_gb is {self.cache_limit_gb}: shards will be downloaded again and "
-                    "again; use shuffle: shards or a cache that holds the split"
-                )
-            return
-        per_shard = len(dataset) / len(shards)
-        spanned = min(len(shards), int(self.shuffle_window / per_shard) + CACHE_SPARE_SHARDS)
-        ranks = (
-            self.trainer.num_devices if self.trainer is not None else 1
-        )  # the ranks of a node share its cache
-        needed = min(total, ranks * spanned * max(record["bytes"] for record in shards))
-        if limit < needed:
-            raise UserError(
-                f"a shuffle window of {self.shuffle_window} samples reads {spanned} shards of "
-                f"{dataset.reader.index.location} at once on each of {ranks} ranks ({needed / GIB:.2f} GiB) but "
-                f"cache_limit_gb is {self.cache_limit_gb}; raise data.init_args.cache_limit_gb to "
-                f"{needed / GIB:.2f} or lower data.init_args.shuffle_window"
-            )
 
     def _setup_splits(self, stage: str) -> None:
         if stage == "fit":
             self.train_dataset = self._split(self.train_split, self.train_transform(), self.fast_pipeline)
-            self._check_cache(self.train_dataset)
+            self.check_cache(self.train_dataset.reader)
             self.class_names = list(self.train_dataset.classes)
         if self.val_split is None:
             if stage != "fit":
@@ -156,13 +116,6 @@ class StreamingImageDataModule(RecipeTransforms, ClassificationDataModule):
                 f"in val: {', '.join(only_val) or '-'}); convert both splits from the same class folders"
             )
         self.class_names = list(self.val_dataset.classes)
-
-    def train_sampler(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> ResumableSampler:
-        if self.shuffle == "global":
-            return super().train_sampler(dataset, num_replicas, rank, seed)
-        return ShardOrderSampler(
-            dataset, dataset.shard_samples(), self.shuffle_window, num_replicas, rank, seed
-        )
 
     def _eval_loader(self, dataset: ShardImages | None, stage: str) -> DataLoader:
         trainer = self.trainer

@@ -18,13 +18,12 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
 from convnext_pl.data.images import CorruptImageError
-from convnext_pl.data.streaming.shards import SplitIndex, sha256_of_file
+from convnext_pl.data.streaming.shards import SplitIndex, sha256_of_file, stored_order, write_command
 from convnext_pl.data.streaming.store import Store, is_s3, join
 from convnext_pl.errors import UserError, WorkerUserError
 from convnext_pl.training.seeding import cpu_generators_untouched
@@ -36,11 +35,8 @@ class ShardError(WorkerUserError):
     """A shard that is missing, truncated or does not match its index."""
 
 
-def rewrite_hint(location: str) -> str:
-    root = location.rsplit("/", 1)[0]
-    return (
-        f"rewrite it with `python -m convnext_pl.data.streaming write --src <folder> --out {root} --resume`"
-    )
+def rewrite_hint(location: str, layout: str = "imagefolder") -> str:
+    return f"rewrite it with `{write_command(location.rsplit('/', 1)[0], layout)} --resume`"
 
 
 class ShardReader:
@@ -58,8 +54,6 @@ class ShardReader:
         self.cache_root = Path(cache_dir).expanduser()
         self.cache = self.cache_root / hashlib.sha256(index.location.encode()).hexdigest()[:16]
         self.cache_limit_bytes = cache_limit_bytes
-        self.files_opened = 0  # shard files opened (the benchmark reports it per 1,000 images)
-        self.downloads = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -79,14 +73,24 @@ class ShardReader:
     def url(self, i: int) -> str:
         return join(self.index.location, self.index.shards[int(self.index.shard[i])]["name"])
 
+    def hint(self) -> str:
+        return rewrite_hint(self.index.location, self.index.layout)
+
     def read(self, i: int) -> bytes:
+        """The encoded image of sample ``i``."""
+        return self._read_range(i, int(self.index.offset[i]), int(self.index.size[i]))
+
+    def read_seg(self, i: int) -> bytes:
+        """The encoded label map of sample ``i`` (``ade20k`` shards)."""
+        return self._read_range(i, int(self.index.seg_offset[i]), int(self.index.seg_size[i]))
+
+    def _read_range(self, i: int, offset: int, size: int) -> bytes:
         if os.getpid() != self._pid:  # forked after files were opened: those belong to the parent
             self._reset()
         record = self.index.shards[int(self.index.shard[i])]
-        offset, size = int(self.index.offset[i]), int(self.index.size[i])
         data = os.pread(self._open(record), size, offset)
         if len(data) != size:
-            raise ShardError(f"shard {self.url(i)} is truncated; {rewrite_hint(self.index.location)}")
+            raise ShardError(f"shard {self.url(i)} is truncated; {self.hint()}")
         return data
 
     def _open(self, record: dict) -> int:
@@ -101,9 +105,8 @@ class ShardReader:
             path = Path(join(self.index.location, name))
             if not path.is_file() or path.stat().st_size != record["bytes"]:
                 state = "missing" if not path.is_file() else "truncated or changed"
-                raise ShardError(f"shard {path} is {state}; {rewrite_hint(self.index.location)}")
+                raise ShardError(f"shard {path} is {state}; {self.hint()}")
             self._files[name] = os.open(path, os.O_RDONLY)
-        self.files_opened += 1
         if len(self._files) > OPEN_SHARDS:
             os.close(self._files.popitem(last=False)[1])
         return self._files[name]
@@ -158,14 +161,13 @@ class ShardReader:
             try:
                 self.store.download(record["name"], partial)
             except FileNotFoundError:
-                raise ShardError(f"shard {url} is missing; {rewrite_hint(self.index.location)}") from None
+                raise ShardError(f"shard {url} is missing; {self.hint()}") from None
             if partial.stat().st_size != record["bytes"] or sha256_of_file(partial) != record["sha256"]:
                 raise ShardError(
                     f"shard {url} does not match the size and SHA-256 its index records (damaged or replaced); "
-                    f"{rewrite_hint(self.index.location)}"
+                    f"{self.hint()}"
                 )
             os.replace(partial, path)  # atomic: another process sees the whole shard or none
-            self.downloads += 1
         finally:
             partial.unlink(missing_ok=True)
 
@@ -190,11 +192,7 @@ class ShardImages(Dataset):
 
     def shard_samples(self) -> list[list[int]]:
         """Per shard, the indices of its samples in the order they are stored."""
-        index = self.reader.index
-        stored = np.lexsort((index.offset, index.shard))
-        return [
-            part.tolist() for part in np.split(stored, np.cumsum([r["count"] for r in index.shards])[:-1])
-        ]
+        return stored_order(self.reader.index)
 
     def name(self, i: int) -> str:
         """Where sample ``i`` is: its shard's URL and the sample's key in it."""
@@ -209,7 +207,7 @@ class ShardImages(Dataset):
                 sample = Image.open(io.BytesIO(data)).convert("RGB")
             except (OSError, SyntaxError, ValueError) as err:
                 raise CorruptImageError(
-                    f"cannot decode image {self.name(i)} ({err}); {rewrite_hint(self.reader.index.location)}"
+                    f"cannot decode image {self.name(i)} ({err}); {self.reader.hint()}"
                 ) from err
         return self.transform(sample), self.targets[i]
 
