@@ -15,10 +15,14 @@ from helpers import CONFIGS, CPU, EXPERIMENTS, QUIET
 from helpers.s3 import S3Server
 
 from convnext_pl.data import ADE20KDataModule, COCODataModule
-from convnext_pl.data.classification.synthetic_files import truncate_file
+from convnext_pl.data.classification.synthetic_files import truncate_file, write_image_folder
 from convnext_pl.data.detection.coco_synthetic import write_coco_shapes
 from convnext_pl.data.segmentation.ade20k_synthetic import write_scenes
-from convnext_pl.data.streaming import StreamingADE20KDataModule, StreamingCOCODataModule
+from convnext_pl.data.streaming import (
+    StreamingADE20KDataModule,
+    StreamingCOCODataModule,
+    StreamingImageDataModule,
+)
 from convnext_pl.data.streaming.__main__ import main as streaming_main
 from convnext_pl.data.streaming.shards import load_split_index
 from convnext_pl.data.streaming.writer import convert
@@ -27,7 +31,7 @@ from convnext_pl.training.cli import cli_main
 
 SHARD_MB = 0.01  # a few images per shard: several shards per split
 COCO = dict(
-    batch_size=2, num_workers=0, train_scales=(48, 64), crop_scales=(40,), crop_size=(32, 48), max_size=96
+    batch_size=2, num_workers=0, train_scales=(40, 48), crop_scales=(32,), crop_size=(24, 32), max_size=64
 )
 ADE = dict(batch_size=2, num_workers=0, scale=(64, 48), crop_size=(32, 32), num_classes=5)
 
@@ -129,7 +133,7 @@ def _metrics(runs: Path) -> dict[str, str]:
 
 def test_detection_and_segmentation_train_from_shards_through_the_command_line(sources, tmp_path):
     runs = tmp_path / "runs"
-    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.num_sanity_val_steps=0",
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.num_sanity_val_steps=0",
              "--trainer.check_val_every_n_epoch=1", "--trainer.log_every_n_steps=1", *QUIET, *CPU]  # fmt: skip
     cli_main(
         ["fit", "--config", str(EXPERIMENTS / "coco_shapes_mask_rcnn.yaml"),
@@ -160,17 +164,24 @@ def test_coco_converted_into_a_bucket_reads_back_through_the_cache_as_the_local_
         for key, value in server.env.items():
             monkeypatch.setenv(key, value)
         streaming_main(["write", "--layout", "coco", "--src", str(sources["coco"]), "--out", "s3://shards/coco",
-                        "--shard-size-mb", str(SHARD_MB), "--workers", "2", "--no-progress"])  # fmt: skip
-        bucket = StreamingCOCODataModule(
-            "s3://shards/coco", shuffle="global", cache_dir=str(tmp_path), **COCO
-        )
+                        "--split", "val2017", "--shard-size-mb", str(SHARD_MB), "--no-progress"])  # fmt: skip
+        bucket = StreamingCOCODataModule("s3://shards/coco", cache_dir=str(tmp_path), **COCO)
         assert bucket.num_classes == 3  # from the index, before set-up
-        local = StreamingCOCODataModule(str(sources["coco_shards"]), shuffle="global", **COCO)
+        local = StreamingCOCODataModule(str(sources["coco_shards"]), **COCO)
         for module in (bucket, local):
-            module.setup("fit")
+            module.setup("validate")
         assert bucket.split_paths("val2017")[1].read_bytes() == (sources["coco_shards"] / "val2017" /
                                                                 "instances_val2017.json").read_bytes()  # fmt: skip
-        assert _same_detection_batches(bucket.train_dataloader(), local.train_dataloader()) == 4
+        assert _same_detection_batches(bucket.val_dataloader(), local.val_dataloader()) == 2
+        assert len(list(tmp_path.rglob("shard-*.tar"))) == len(local.datasets["val"].reader.index.shards)
+        # An annotation file replaced in the bucket fails its recorded hash and is never used.
+        server.client().put_object(Bucket="shards", Key="coco/val2017/instances_val2017.json", Body=b"{}")
+        replaced = StreamingCOCODataModule("s3://shards/coco", cache_dir=str(tmp_path / "other"), **COCO)
+        with pytest.raises(
+            UserError, match=r"instances_val2017.json does not match the SHA-256 its index records"
+        ):
+            replaced.setup("validate")
+        assert not list((tmp_path / "other").rglob("*.json"))
     finally:
         server.stop()
 
@@ -220,3 +231,21 @@ def test_an_interrupted_dense_conversion_resumes_and_a_non_empty_output_is_refus
     module = StreamingADE20KDataModule(str(out), shuffle="global", **ADE)
     module.setup("fit")
     assert len(list(module.train_dataloader())) == 4
+
+
+def test_classification_shards_of_format_1_are_still_read_and_an_unknown_format_is_refused(tmp_path):
+    write_image_folder(tmp_path / "folder", num_classes=2, per_class=2, size=8, splits=("train",))
+    convert(str(tmp_path / "folder"), str(tmp_path / "out"), ["train"], workers=1, progress=False)
+    manifest_path = tmp_path / "out" / "train" / "index.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["format"] == 2 and manifest["layout"] == "imagefolder"
+    del manifest["layout"]  # what the converter wrote before the dense layouts
+    manifest_path.write_text(json.dumps({**manifest, "format": 1}))
+    module = StreamingImageDataModule(
+        str(tmp_path / "out"), num_classes=2, val_split=None, num_workers=0, batch_size=2
+    )
+    module.setup("fit")
+    assert len(module.train_dataset) == 4
+    manifest_path.write_text(json.dumps({**manifest, "format": 3}))
+    with pytest.raises(UserError, match=r"index.json is of format 3, not 2; .*--overwrite"):
+        load_split_index(str(tmp_path / "out"), "train")

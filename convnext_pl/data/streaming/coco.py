@@ -27,7 +27,7 @@ class _CocoFromShards(_CocoFromDocument):
     """``_CocoFromDocument`` whose images are read from shards: sample ``i`` holds image id ``index.label[i]``."""
 
     def __init__(self, reader: ShardReader, document: dict):
-        super().__init__(Path(reader.index.location), document)
+        super().__init__(reader.index.location, document)  # the root names the shards (a URL is no Path)
         self.reader = reader
         self.sample_of = {int(image_id): i for i, image_id in enumerate(reader.index.label.tolist())}
         missing = [image_id for image_id in self.ids if image_id not in self.sample_of]
@@ -52,7 +52,7 @@ class ShardCOCOInstances(COCOInstances):
 
     def __init__(self, reader: ShardReader, annotation_file: Path, train: bool, transform=None):
         self.reader = reader
-        super().__init__(Path(reader.index.location), annotation_file, train, transform)
+        super().__init__(reader.index.location, annotation_file, train, transform)
 
     def check_images(self, image_dir: Path) -> None:  # the index is read: the shards are there
         pass

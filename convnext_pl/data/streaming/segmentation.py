@@ -29,6 +29,7 @@ class ShardSegmentation(SegmentationFolder):
 
     def __init__(self, reader: ShardReader, num_classes: int, transform=None, eval_transform=None,
                  reduce_zero_label: bool = False):  # fmt: skip
+        # Not SegmentationFolder.__init__: there is no folder to list, the index holds the pairs in its order.
         self.reader = reader
         self.images = [f"{reader.url(i)}#{i:09d}" for i in range(len(reader.index))]
         self.labels = [f"{name}.seg.png" for name in self.images]
