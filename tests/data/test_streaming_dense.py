@@ -31,7 +31,7 @@ from convnext_pl.training.cli import cli_main
 
 SHARD_MB = 0.01  # a few images per shard: several shards per split
 COCO = dict(
-    batch_size=2, num_workers=0, train_scales=(40, 48), crop_scales=(32,), crop_size=(24, 32), max_size=64
+    batch_size=2, num_workers=0, train_scales=(48, 64), crop_scales=(40,), crop_size=(32, 48), max_size=96
 )
 ADE = dict(batch_size=2, num_workers=0, scale=(64, 48), crop_size=(32, 32), num_classes=5)
 
@@ -133,15 +133,18 @@ def _metrics(runs: Path) -> dict[str, str]:
 
 def test_detection_and_segmentation_train_from_shards_through_the_command_line(sources, tmp_path):
     runs = tmp_path / "runs"
-    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.num_sanity_val_steps=0",
-             "--trainer.check_val_every_n_epoch=1", "--trainer.log_every_n_steps=1", *QUIET, *CPU]  # fmt: skip
+    # Two batches each (not "1": the CLI parses it as 1.0, which Lightning reads as every batch; helpers.SHORT).
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
+             "--trainer.check_val_every_n_epoch=1", "--trainer.num_sanity_val_steps=0",
+             "--trainer.log_every_n_steps=1", *QUIET, *CPU]  # fmt: skip
     cli_main(
         ["fit", "--config", str(EXPERIMENTS / "coco_shapes_mask_rcnn.yaml"),
          "--data", str(CONFIGS / "data" / "coco_streaming.yaml"), f"--data.init_args.root={sources['coco_shards']}",
          *[f"--data.init_args.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in COCO.items()],
-         "--data.init_args.shuffle_window=4", "--model.init_args.net.init_args.min_size=64",
-         "--model.init_args.net.init_args.max_size=96", "--model.init_args.net.init_args.fpn_channels=32",
-         "--model.init_args.net.init_args.representation_size=64", "--model.init_args.warmup_steps=0",
+         "--data.init_args.shuffle_window=4", "--data.init_args.num_classes=3",
+         "--model.init_args.net.init_args.min_size=64", "--model.init_args.net.init_args.max_size=96",
+         "--model.init_args.net.init_args.fpn_channels=32", "--model.init_args.net.init_args.representation_size=64",
+         "--model.init_args.warmup_steps=0",
          *short, f"--trainer.default_root_dir={runs / 'det'}"]
     )  # fmt: skip
     assert "val/box_AP" in _metrics(runs / "det") and "val/mask_AP" in _metrics(runs / "det")
@@ -152,7 +155,8 @@ def test_detection_and_segmentation_train_from_shards_through_the_command_line(s
          "--data.init_args.shuffle_window=4", *short, f"--trainer.default_root_dir={runs / 'seg'}"]
     )  # fmt: skip
     assert "val/mIoU" in _metrics(runs / "seg")
-    assert len(list(runs.rglob("last.ckpt"))) == 2
+    steps = [torch.load(path, weights_only=True)["global_step"] for path in sorted(runs.rglob("last.ckpt"))]
+    assert steps == [2, 2]
 
 
 def test_coco_converted_into_a_bucket_reads_back_through_the_cache_as_the_local_shards(
@@ -165,8 +169,7 @@ def test_coco_converted_into_a_bucket_reads_back_through_the_cache_as_the_local_
             monkeypatch.setenv(key, value)
         streaming_main(["write", "--layout", "coco", "--src", str(sources["coco"]), "--out", "s3://shards/coco",
                         "--split", "val2017", "--shard-size-mb", str(SHARD_MB), "--no-progress"])  # fmt: skip
-        bucket = StreamingCOCODataModule("s3://shards/coco", cache_dir=str(tmp_path), **COCO)
-        assert bucket.num_classes == 3  # from the index, before set-up
+        bucket = StreamingCOCODataModule("s3://shards/coco", cache_dir=str(tmp_path), num_classes=3, **COCO)
         local = StreamingCOCODataModule(str(sources["coco_shards"]), **COCO)
         for module in (bucket, local):
             module.setup("validate")
@@ -199,6 +202,10 @@ def test_a_damaged_shard_or_a_shard_of_another_layout_is_named_with_the_fix(sour
                        r".*--resume`"):  # fmt: skip
         for _ in module.train_dataloader():
             pass
+    with pytest.raises(
+        UserError, match=r"instances_val2017.json lists 3 categories but num_classes is 80; set"
+    ):
+        StreamingCOCODataModule(str(sources["coco_shards"]), num_classes=80, **COCO).setup("validate")
     with pytest.raises(UserError, match=r"holds ade20k shards, not coco"):
         StreamingCOCODataModule(str(copy), val_split="validation", **COCO).setup("validate")
 

@@ -80,6 +80,9 @@ class StreamingCOCODataModule(ShardSource, COCODataModule):
         shuffle_window: samples shuffled together with ``shuffle: shards``.
         cache_dir: local folder for the shards (and annotation files) of an ``s3://`` root.
         cache_limit_gb: most GiB of shards the cache may hold.
+        num_classes: the categories the annotation files must list (known before the data is read, so a config
+            instantiates without reaching a bucket); None: read from the local annotation file, or for an
+            ``s3://`` root left to the model until ``setup``.
         Others: see :class:`~convnext_pl.data.COCODataModule`.
     """
 
@@ -98,10 +101,12 @@ class StreamingCOCODataModule(ShardSource, COCODataModule):
         shuffle_window: PositiveInt = 2048,
         cache_dir: str = "~/.cache/convnext-pl/shards",
         cache_limit_gb: PositiveFloat = 100.0,
+        num_classes: PositiveInt | None = None,
     ):
         super().__init__(root, batch_size, num_workers, train_split, val_split, train_scales, crop_scales,
                          crop_size, max_size)  # fmt: skip
         self.store_source(root, shuffle, shuffle_window, cache_dir, cache_limit_gb)
+        self._num_classes = num_classes
 
     def split_paths(self, split: str) -> tuple[str, Path]:
         """The split's shard location and its local annotation file (in the cache for an ``s3://`` root)."""
@@ -113,12 +118,9 @@ class StreamingCOCODataModule(ShardSource, COCODataModule):
 
     @property
     def num_classes(self) -> int | None:
-        if is_s3(self.root) and "val" not in self.datasets:  # the categories without fetching the annotations
-            try:
-                return len(self.shard_reader(self.val_split, "coco").index.classes)
-            except UserError:
-                return None  # setup() names what is missing in one sentence
-        return super().num_classes
+        if self._num_classes is not None:
+            return self._num_classes
+        return None if is_s3(self.root) and "val" not in self.datasets else super().num_classes
 
     def instances(self, split: str, train: bool, transform: v2.Transform | None = None) -> ShardCOCOInstances:
         reader = self.shard_reader(split, "coco")
@@ -127,7 +129,13 @@ class StreamingCOCODataModule(ShardSource, COCODataModule):
             self._fetch_annotations(reader, annotation_file)
         if train:
             self.check_cache(reader)
-        return ShardCOCOInstances(reader, annotation_file, train, transform)
+        dataset = ShardCOCOInstances(reader, annotation_file, train, transform)
+        if self._num_classes is not None and len(dataset.category_ids) != self._num_classes:
+            raise UserError(
+                f"{annotation_file} lists {len(dataset.category_ids)} categories but num_classes is "
+                f"{self._num_classes}; set data.init_args.num_classes: {len(dataset.category_ids)}"
+            )
+        return dataset
 
     def _fetch_annotations(self, reader: ShardReader, path: Path) -> None:
         """Download the split's annotation file into the cache unless a copy with the recorded hash is there; a
