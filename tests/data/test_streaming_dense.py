@@ -206,6 +206,10 @@ def test_a_damaged_shard_or_a_shard_of_another_layout_is_named_with_the_fix(sour
         UserError, match=r"instances_val2017.json lists 3 categories but num_classes is 80; set"
     ):
         StreamingCOCODataModule(str(sources["coco_shards"]), num_classes=80, **COCO).setup("validate")
+    with pytest.raises(
+        UserError, match=r"none/val2017/index.json is missing .* write --src <coco root> --layout coco"
+    ):
+        StreamingCOCODataModule(str(tmp_path / "none"), **COCO).setup("validate")
     with pytest.raises(UserError, match=r"holds ade20k shards, not coco"):
         StreamingCOCODataModule(str(copy), val_split="validation", **COCO).setup("validate")
 
@@ -256,3 +260,19 @@ def test_classification_shards_of_format_1_are_still_read_and_an_unknown_format_
     manifest_path.write_text(json.dumps({**manifest, "format": 3}))
     with pytest.raises(UserError, match=r"index.json is of format 3, not 2; .*--overwrite"):
         load_split_index(str(tmp_path / "out"), "train")
+
+
+def test_the_converter_names_a_missing_image_or_annotation_file_of_the_source(tmp_path):
+    coco = write_coco_shapes(tmp_path / "coco", 2, 1, 32)
+    next((coco / "train2017").iterdir()).unlink()
+    with pytest.raises(
+        UserError, match=r"1 images of .*instances_train2017.json are missing, the first .*\.png"
+    ):
+        convert(str(coco), str(tmp_path / "out"), layout="coco", progress=False)
+    with pytest.raises(UserError, match=r"annotations has none of instances_training.json"):
+        convert(str(coco), str(tmp_path / "out"), ["training"], layout="coco", progress=False)
+    with pytest.raises(
+        UserError, match=r"images has none of training, validation; give the ADEChallengeData2016"
+    ):
+        convert(str(coco), str(tmp_path / "out"), layout="ade20k", progress=False)
+    assert not (tmp_path / "out").exists()  # refused before anything is written

@@ -92,15 +92,16 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _members(job: ShardJob, sample: Sample) -> list[tuple[str, bytes]]:
-    """The sample's tar members ``(name, bytes)``: its label's (ASCII) and its image, or its image and its label
-    map (ade20k)."""
+def _members(job: ShardJob, sample: Sample) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The sample's tar members ``(name, bytes)`` (its label as ASCII and its image, or its image and its label
+    map for ade20k) and the names of those whose byte ranges the index keeps (the image, then the label map)."""
     key = f"{sample.index:09d}"
     suffix = ".jpg" if job.resize_longer else Path(sample.image).suffix.lower() or ".jpg"
     image = (f"{key}{suffix}", encoded_bytes(sample.image, job.resize_longer))
     if sample.seg is not None:
-        return [image, (key + SEG_MEMBER, Path(sample.seg).read_bytes())]
-    return [(key + LABEL_MEMBER[job.layout], str(sample.label).encode()), image]
+        seg = (key + SEG_MEMBER, Path(sample.seg).read_bytes())
+        return [image, seg], [image[0], seg[0]]
+    return [(key + LABEL_MEMBER[job.layout], str(sample.label).encode()), image], [image[0]]
 
 
 def write_shard(job: ShardJob) -> dict:
@@ -110,13 +111,13 @@ def write_shard(job: ShardJob) -> dict:
     local_tmp = None if is_s3(job.out) else job.out  # same file system as the output: the rename is atomic
     with tempfile.TemporaryDirectory(prefix=PARTIAL_PREFIX, dir=local_tmp) as tmp:
         path = Path(tmp) / name
-        images = []  # per sample, the names of its image (and label map) members
+        indexed = []  # per sample, the names of the members whose byte ranges the index keeps
         with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
             for sample in job.samples:
-                members = _members(job, sample)
+                members, kept = _members(job, sample)
                 for member, data in members:
                     _member(tar, member, data)
-                images.append([m for m, _ in members if not m.endswith(tuple(LABEL_MEMBER.values()))])
+                indexed.append(kept)
         with tarfile.open(path) as tar:  # where each member's bytes start, read back from the headers
             ranges = {m.name: [m.offset_data, m.size] for m in tar.getmembers()}
         digest, size = sha256_of_file(path), path.stat().st_size
@@ -125,8 +126,8 @@ def write_shard(job: ShardJob) -> dict:
         else:
             os.replace(path, join(job.out, name))
     # Per sample [offset, size, label] of its image, then [offset, size] of its label map (ade20k).
-    samples = [ranges[names[0]] + [s.label] + sum((ranges[n] for n in names[1:]), [])
-               for names, s in zip(images, job.samples, strict=True)]  # fmt: skip
+    samples = [ranges[image] + [s.label] + [v for name in rest for v in ranges[name]]
+               for (image, *rest), s in zip(indexed, job.samples, strict=True)]  # fmt: skip
     sidecar = {"name": name, "bytes": size, "sha256": digest, "plan": job.plan_hash, "samples": samples}
     store.write(sidecar_name(name), json.dumps(sidecar).encode())
     return sidecar
