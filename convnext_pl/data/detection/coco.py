@@ -39,6 +39,7 @@ from convnext_pl.data.detection.transforms import (
     CROP_SIZE,
     MAX_SIZE,
     TRAIN_SCALES,
+    check_augmentation_options,
     detr_train_transform,
 )
 from convnext_pl.errors import UserError
@@ -61,7 +62,6 @@ class COCOInstances(Dataset):
         self, image_dir: Path, annotation_file: Path, train: bool, transform: v2.Transform | None = None
     ):
         document = read_annotation_file(annotation_file)
-        self.check_images(image_dir)
         self.has_masks = has_segmentations(document)  # False: a box-only export
         self.categories = document["categories"]
         self.summary = None  # the line counting the annotations training leaves out
@@ -93,13 +93,10 @@ class COCOInstances(Dataset):
         keys = ("image_id", "boxes", "labels", "iscrowd", "area") + (("masks",) if self.has_masks else ())
         self.dataset = wrap_dataset_for_transforms_v2(dataset, target_keys=keys)
 
-    def check_images(self, image_dir: Path) -> None:
+    def images(self, image_dir: Path, document: dict) -> CocoDetection:
+        """The split as torchvision's ``CocoDetection`` on the document (from shards: ``streaming/coco.py``)."""
         if not image_dir.is_dir():
             raise UserError(f"COCO image folder {image_dir} does not exist; put the split's images there.")
-
-    def images(self, image_dir: Path, document: dict) -> CocoDetection:
-        """The split as torchvision's ``CocoDetection`` on the document; one reading its images from elsewhere
-        (shards: ``streaming/coco.py``) replaces this and :meth:`check_images`."""
         return _CocoFromDocument(image_dir, document)
 
     def __len__(self) -> int:
@@ -169,17 +166,6 @@ def collate_detection(batch: list) -> tuple[list, list]:
     return list(images), list(targets)
 
 
-def _check_relations(train_scales, crop_scales, crop_size) -> None:
-    """What the option types cannot say: the augmentation's lists must hold a choice, its crop range an order."""
-    for option, scales in (("train_scales", train_scales), ("crop_scales", crop_scales)):
-        if not scales:
-            raise UserError(f"data.init_args.{option} is empty; give at least one shorter-side size")
-    if crop_size[0] > crop_size[1]:
-        raise UserError(
-            f"data.init_args.crop_size {tuple(crop_size)} is (min, max) of the crop's sides; give the smaller first"
-        )
-
-
 class COCODataModule(TaskDataModule):
     """COCO instance segmentation in the official layout (see the module docstring).
 
@@ -208,7 +194,7 @@ class COCODataModule(TaskDataModule):
         max_size: PositiveInt = MAX_SIZE,
     ):
         super().__init__()
-        _check_relations(train_scales, crop_scales, crop_size)
+        check_augmentation_options(train_scales, crop_scales, crop_size)
         self.save_hyperparameters()  # a subclass's own arguments when called from a subclass (Lightning's rule)
         self.root = Path(root)
         self.batch_size, self.num_workers = batch_size, num_workers

@@ -4,10 +4,23 @@ boxes and masks move with the image (docs/paper.md §6)."""
 import torch
 from torchvision.transforms import v2
 
+from convnext_pl.errors import UserError
+
 TRAIN_SCALES = tuple(range(480, 801, 32))  # official: shorter side 480..800 in steps of 32
 CROP_SCALES = (400, 500, 600)  # official: the crop branch first resizes to one of these
 CROP_SIZE = (384, 600)  # official: RandomCrop crop_type "absolute_range"
 MAX_SIZE = 1333  # official: long side at most 1333
+
+
+def check_augmentation_options(train_scales, crop_scales, crop_size) -> None:
+    """What the option types cannot say: the augmentation's lists must hold a choice, its crop range an order."""
+    for option, scales in (("train_scales", train_scales), ("crop_scales", crop_scales)):
+        if not scales:
+            raise UserError(f"data.init_args.{option} is empty; give at least one shorter-side size")
+    if crop_size[0] > crop_size[1]:
+        raise UserError(
+            f"data.init_args.crop_size {tuple(crop_size)} is (min, max) of the crop's sides; give the smaller first"
+        )
 
 
 class RandomSizeCrop(v2.Transform):

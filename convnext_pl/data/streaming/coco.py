@@ -54,10 +54,7 @@ class ShardCOCOInstances(COCOInstances):
         self.reader = reader
         super().__init__(reader.index.location, annotation_file, train, transform)
 
-    def check_images(self, image_dir: Path) -> None:  # the index is read: the shards are there
-        pass
-
-    def images(self, image_dir: Path, document: dict) -> _CocoFromShards:
+    def images(self, image_dir: Path, document: dict) -> _CocoFromShards:  # no folder: the index was read
         self.sample_of = (coco := _CocoFromShards(self.reader, document)).sample_of
         return coco
 
