@@ -116,6 +116,26 @@ def test_coco_from_shards_with_a_global_shuffle_gives_the_folder_modules_batches
     assert sorted(seen) == sorted(folder.datasets["train"].ids)
 
 
+def test_coco_in_shard_order_stopped_mid_epoch_continues_with_the_batches_an_uninterrupted_epoch_gives(
+    sources,
+):
+    # The loader state a checkpoint keeps, restored into a new DataModule: the rest of the epoch is the same
+    # images, boxes and masks (the SIGKILL-and-resume runs through main.py: tests/training/test_resume_*.py).
+    def loader(state=None):
+        module = StreamingCOCODataModule(str(sources["coco_shards"]), shuffle_window=4, **COCO)
+        module.setup("fit")
+        if state is not None:
+            module.load_state_dict(state)
+        return module, module.train_dataloader()
+
+    whole = list(loader()[1])
+    module, interrupted = loader()
+    first = next(iter(interrupted))
+    resumed = list(loader(module.state_dict())[1])
+    assert _same_detection_batches([first], whole[:1]) == 1
+    assert _same_detection_batches(resumed, whole[1:]) == len(whole) - 1 == 3
+
+
 def test_ade20k_from_shards_with_a_global_shuffle_gives_the_folder_modules_batches(sources):
     shards = StreamingADE20KDataModule(str(sources["ade20k_shards"]), shuffle="global", **ADE)
     folder = ADE20KDataModule(str(sources["ade"]), **ADE)
