@@ -120,7 +120,7 @@ def test_coco_in_shard_order_stopped_mid_epoch_continues_with_the_batches_an_uni
     sources,
 ):
     # The loader state a checkpoint keeps, restored into a new DataModule: the rest of the epoch is the same
-    # images, boxes and masks (the SIGKILL-and-resume runs through main.py: tests/training/test_resume_*.py).
+    # images, boxes and masks (the state --ckpt_path last restores; not run here as a killed main.py process).
     def loader(state=None):
         module = StreamingCOCODataModule(str(sources["coco_shards"]), shuffle_window=4, **COCO)
         module.setup("fit")
