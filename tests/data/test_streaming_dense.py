@@ -230,7 +230,10 @@ def test_a_damaged_shard_or_a_shard_of_another_layout_is_named_with_the_fix(sour
         UserError, match=r"none/val2017/index.json is missing .* write --src <coco root> --layout coco"
     ):
         StreamingCOCODataModule(str(tmp_path / "none"), **COCO).setup("validate")
-    with pytest.raises(UserError, match=r"holds ade20k shards, not coco"):
+    with pytest.raises(
+        UserError,
+        match=r"holds ade20k shards, not coco; read it with convnext_pl.data.streaming.StreamingADE20KDataModule",
+    ):
         StreamingCOCODataModule(str(copy), val_split="validation", **COCO).setup("validate")
 
 

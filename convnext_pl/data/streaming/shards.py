@@ -33,7 +33,12 @@ from convnext_pl.errors import UserError
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # 1: classification shards written before the dense layouts (no "layout" field)
-LAYOUTS = ("imagefolder", "coco", "ade20k")
+# The DataModule that reads each layout (named in the error for shards of another layout).
+READER_OF_LAYOUT = {
+    "imagefolder": "StreamingImageDataModule",
+    "coco": "StreamingCOCODataModule",
+    "ade20k": "StreamingADE20KDataModule",
+}
 SEG_COLUMNS = ("seg_offset", "seg_size")  # the label PNG's byte range, ade20k only
 INDEX_JSON = "index.json"
 INDEX_ARRAYS = "index.npz"
@@ -135,8 +140,8 @@ def load_split_index(root: str, split: str, layout: str = "imagefolder") -> Spli
     written = manifest.get("layout", "imagefolder")
     if written != layout:
         raise UserError(
-            f"{location} holds {written} shards, not {layout}; read it with the {written} streaming DataModule "
-            f"or {fix} --overwrite"
+            f"{location} holds {written} shards, not {layout}; read it with convnext_pl.data.streaming."
+            f"{READER_OF_LAYOUT.get(written, written)} or {fix} --overwrite"
         )
     lengths = {len(column) for column in columns.values()}
     if lengths != {manifest["count"]}:
