@@ -172,6 +172,7 @@ class ConvNeXtCLI(LightningCLI):
         """The run-folder policy (``convnext_pl.training.runs``) on the parsed config; ``--ckpt_path last`` is resolved."""
         root, name = runs.root_dir(config), runs.run_name(config)
         runs.check_root_dir(root)
+        self._root_dir = (root, runs.existing_ancestor(root))  # what a failed run may remove again
         dirpath = (config.get("checkpoint") or {}).get("dirpath")
         ckpt_path = runs.resolve_ckpt_path(config.get("ckpt_path"), root, name, dirpath)
         if ckpt_path != config.get("ckpt_path"):
@@ -253,7 +254,8 @@ class ConvNeXtCLI(LightningCLI):
         except BaseException:
             # Whatever stopped the run before it wrote a file (a mistake found in set-up, a refused resume):
             # the folders the loggers made for it go too. A folder holding any file is kept.
-            runs.remove_a_failed_runs_empty_folder(getattr(self, "trainer", None))
+            if hasattr(self, "_root_dir"):
+                runs.remove_a_failed_runs_empty_folder(getattr(self, "trainer", None), *self._root_dir)
             raise
 
     def before_fit(self) -> None:

@@ -43,11 +43,16 @@ def root_dir(config) -> Path:
     return Path(config.trainer.get("default_root_dir") or DEFAULT_ROOT_DIR)
 
 
+def existing_ancestor(folder: Path) -> Path:
+    """``folder`` itself if it exists, else its nearest ancestor that does."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def check_root_dir(root: Path) -> None:
     """Refuse a root folder that cannot be created or written, without creating anything."""
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = existing_ancestor(root)
     if not existing.is_dir():
         raise UserError(
             f"trainer.default_root_dir {root} cannot be created: {existing} is a file; choose another folder"
@@ -226,12 +231,20 @@ class SaveConfigWhenTheRunStarts(SaveConfigCallback):
         self._save_now(trainer, pl_module)
 
 
-def remove_a_failed_runs_empty_folder(trainer: pl.Trainer | None) -> None:
-    """After a run failed: remove its ``version_N`` folder (and the run name's) if no file was written there.
-    Reads the logger's folder without a collective (the other ranks may have failed too)."""
-    if trainer is None or not trainer.is_global_zero or not trainer.loggers:
+def remove_a_failed_runs_empty_folder(trainer: pl.Trainer | None, root: Path, existed: Path) -> None:
+    """After a run failed: remove its ``version_N`` folder (and the run name's) if no file was written there,
+    then the folders from ``root`` (its ``default_root_dir``) up to ``existed``, the nearest one that was there
+    before the run, while they are empty: a refused run leaves only what it found. Reads the logger's folder
+    without a collective (the other ranks may have failed too)."""
+    if trainer is not None and not trainer.is_global_zero:
         return
-    logger = trainer.loggers[0]
+    logger = trainer.loggers[0] if trainer is not None and trainer.loggers else None
     log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
     if log_dir is not None:
         remove_an_empty_run_folder(log_dir)
+    made = [root, *root.parents]
+    try:
+        for folder in made[: made.index(existed)] if existed in made else []:
+            folder.rmdir()  # refuses a folder that is not empty: nothing of anyone's is removed
+    except OSError:
+        pass

@@ -130,3 +130,15 @@ def test_remove_an_empty_run_folder_removes_only_folders_without_files(tmp_path)
     kept.write_text("a file")
     runs.remove_an_empty_run_folder(kept.parent)
     assert kept.read_text() == "a file"
+
+
+def test_a_run_refused_after_the_trainer_is_built_removes_the_root_folders_it_made(tmp_path, capsys):
+    """A mistake found in set-up (here a weights file that does not exist): the loggers had made
+    ``<root>/<run_name>/version_0``; the refused run removes it and ``<root>`` and its parents it created too,
+    while a folder that was there before stays."""
+    root = tmp_path / "new" / "runs"
+    missing = tmp_path / "absent.ckpt"
+    args = ["fit", "--config", DIGITS, f"--model.init_args.pretrained={missing}", f"--trainer.default_root_dir={root}"]  # fmt: skip
+    line = _fails_in_one_line([*args, *CPU, *QUIET], capsys)
+    assert str(missing) in line
+    assert list(tmp_path.iterdir()) == []
