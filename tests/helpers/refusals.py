@@ -15,8 +15,9 @@ def run_folders(root: str | Path) -> list[Path]:
 
 def refused(args: list[str], capsys, root: str | Path) -> str:
     """Run ``cli_main(args)`` and assert it refused the way every mistake is refused: ``SystemExit(2)``, one
-    ``error:`` line, ending stderr, and no new ``version_N`` folder under ``root``. Returns the line."""
-    before = run_folders(root)
+    ``error:`` line, ending stderr, no new ``version_N`` folder under ``root``, and no ``root`` if there was none
+    (a refused run removes the empty folders it made). Returns the line."""
+    before, root_existed = run_folders(root), Path(root).exists()
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         cli_main(args)
@@ -25,4 +26,5 @@ def refused(args: list[str], capsys, root: str | Path) -> str:
     assert lines, "nothing on stderr"
     assert [line for line in lines if line.startswith("error:")] == lines[-1:], lines
     assert run_folders(root) == before, f"a refused run left {set(run_folders(root)) - set(before)}"
+    assert root_existed or not Path(root).exists(), f"a refused run left the folder {root} it made"
     return lines[-1]
