@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from convnext_pl.data.augment.batch_augment import DeviceAugment
 from convnext_pl.data.augment.rand_augment import AugmentedImage
 from convnext_pl.data.images import ImagePathDataset
-from convnext_pl.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
+from convnext_pl.data.resumable import EveryImageOnce, ResumableDataLoader, ResumableSampler, SeededSamples
 from convnext_pl.errors import UserError
 from convnext_pl.training.seeding import run_seed
 
@@ -91,6 +91,15 @@ class TaskDataModule(L.LightningDataModule):
         """The training order: a permutation of the whole split per epoch; data read from shards orders by shard
         instead (``streaming/datamodule.py``)."""
         return ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
+
+    def evaluation_sampler(self, dataset: Dataset | None) -> EveryImageOnce | None:
+        """The order of the evaluation and prediction loaders on several ranks: every image exactly once across
+        them (:class:`~convnext_pl.data.resumable.EveryImageOnce`; Lightning's own sampler would repeat images to
+        even out the ranks, and top-1, mIoU and AP would count them twice). None on one process."""
+        trainer = self.trainer
+        if dataset is None or trainer is None or trainer.world_size == 1:
+            return None
+        return EveryImageOnce(dataset, trainer.world_size, trainer.global_rank)
 
     def state_dict(self) -> dict:
         """Where the training loader stands; checkpoints keep it so a resumed run continues with the next batch.
@@ -240,13 +249,16 @@ class ClassificationDataModule(TaskDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches in a fixed order."""
-        return self._loader(self.val_dataset, "fit", persistent=True)
+        """Validation batches in a fixed order, every image once across ranks."""
+        dataset = self.val_dataset
+        return self._loader(dataset, "fit", persistent=True, sampler=self.evaluation_sampler(dataset))
 
     def test_dataloader(self) -> DataLoader:
-        """The held-out split in a fixed order."""
-        return self._loader(self.test_dataset, "test")
+        """The held-out split in a fixed order, every image once across ranks."""
+        return self._loader(self.test_dataset, "test", sampler=self.evaluation_sampler(self.test_dataset))
 
     def predict_dataloader(self) -> DataLoader:
-        """``(images, paths: list[str])`` batches over every image under ``predict_dir``."""
-        return self._loader(self.predict_dataset, "predict", collate_fn=ImagePathDataset.collate)
+        """``(images, paths: list[str])`` batches over every image under ``predict_dir``, each on one rank."""
+        dataset = self.predict_dataset
+        return self._loader(dataset, "predict", collate_fn=ImagePathDataset.collate,
+                            sampler=self.evaluation_sampler(dataset))  # fmt: skip

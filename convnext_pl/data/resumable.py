@@ -151,3 +151,24 @@ class ResumableDataLoader(DataLoader):
         self.sampler.seed = state_dict["seed"]
         self.sampler.epoch = state_dict["epoch"]
         self.sampler.start = state_dict["batches"] * self.batch_size
+
+
+class EveryImageOnce(DistributedSampler):
+    """Evaluation order for ``num_replicas`` ranks: rank ``r`` reads samples ``r, r + R, r + 2R, ...``, so every
+    image is evaluated exactly once across the ranks (``DistributedSampler`` pads the last ranks with repeated
+    images, which top-1 would count twice). A ``DistributedSampler``, so Lightning keeps it.
+
+    The last ranks may then run one batch fewer; the tasks' metrics reduce once at the end of the epoch
+    (torchmetrics states, ``sync_dist`` on epoch-level values), so uneven counts do not block. For every task's
+    evaluation and prediction loaders (:meth:`~convnext_pl.data.base.TaskDataModule.evaluation_sampler`).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples

@@ -1,1 +1,2 @@
-"""The dense-prediction task LightningModules: ``segmentation.SemanticSegmenter``, ``detection.MaskRCNNDetector``."""
+"""The task LightningModules on one base (``base.TaskModule``): classification, segmentation, detection and FCMAE
+pre-training, and their optimisation recipes (``recipes.py``)."""

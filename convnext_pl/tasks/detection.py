@@ -32,6 +32,7 @@ from convnext_pl.errors import UserError
 from convnext_pl.models.layer_ids import DECAY_TYPES, detector_layer_ids
 from convnext_pl.ranges import LeftOpenUnitInterval
 from convnext_pl.tasks.base import TaskModule, created_in_code
+from convnext_pl.tasks.detection_ap import EvenlyGatheredMeanAveragePrecision
 from convnext_pl.training.optim import (
     build_optimizer,
     effective_batch_size,
@@ -119,8 +120,8 @@ class MaskRCNNDetector(TaskModule):
         self.save_hyperparameters(ignore=["net"] if created_in_code() else None)
         self.has_masks = net.roi_heads.has_mask()
         iou_types = ("bbox", "segm") if self.has_masks else ("bbox",)
-        self.val_map = MeanAveragePrecision(iou_type=iou_types, backend="pycocotools")
-        self.test_map = MeanAveragePrecision(iou_type=iou_types, backend="pycocotools")
+        self.val_map = EvenlyGatheredMeanAveragePrecision(iou_type=iou_types, backend="pycocotools")
+        self.test_map = EvenlyGatheredMeanAveragePrecision(iou_type=iou_types, backend="pycocotools")
         self._drawn = 0
 
     task_name = "detection"

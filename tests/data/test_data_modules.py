@@ -1,5 +1,7 @@
 """The contract every DataModule keeps, the digits and synthetic modules, and prediction over a folder."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -10,10 +12,12 @@ from PIL import Image
 from convnext_pl.data import (
     CIFARDataModule,
     ClassificationDataModule,
+    COCOShapesDataModule,
     DigitsDataModule,
     ImageFolderDataModule,
     ImageNetDataModule,
     SyntheticDataModule,
+    SyntheticScenesDataModule,
 )
 from convnext_pl.data.classification.digits import DIGITS_MEAN, DIGITS_STD
 from convnext_pl.data.resumable import ResumableSampler
@@ -211,3 +215,35 @@ def test_predict_without_images_is_a_user_error(tmp_path, setup_dir):
         module.setup("predict")
     if predict_dir is not None:
         assert predict_dir in str(err.value)
+
+
+def _evaluated_on(module, world_size: int, loader: str) -> list[int]:
+    """The sample indices ``loader`` (val/test) gives each of ``world_size`` ranks, all ranks together."""
+    seen = []
+    for rank in range(world_size):
+        module.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)  # what the sampler reads
+        seen += list(getattr(module, f"{loader}_dataloader")().sampler)
+    module.trainer = None
+    return seen
+
+
+@pytest.mark.parametrize("family", ["classification", "segmentation", "detection"])
+def test_evaluation_on_several_ranks_reads_every_image_exactly_once(family, tmp_path):
+    """Lightning's DistributedSampler would pad the last ranks with repeated images (5 on 2 ranks: 6 evaluated)
+    and top-1, mIoU and AP would count them twice; every task's module gives each image to one rank."""
+    if family == "classification":
+        module = DigitsDataModule(batch_size=8)
+    elif family == "segmentation":
+        module = SyntheticScenesDataModule(
+            root=str(tmp_path / "scenes"), train_images=2, val_images=5, image_size=32
+        )
+    else:
+        module = COCOShapesDataModule(
+            root=str(tmp_path / "shapes"), train_images=2, val_images=5, image_size=48
+        )
+    module.prepare_data()
+    module.setup("fit")
+    size = len(module.val_dataloader().dataset)
+    for loader in ("val", "test"):
+        for world_size in (2, 3):
+            assert sorted(_evaluated_on(module, world_size, loader)) == list(range(size))

@@ -4,8 +4,12 @@ Small detectors throughout (convnext_atto, 64-px images, narrow heads) except wh
 official ConvNeXt-T detector, which is then built on the meta device.
 """
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from helpers import run_python
 
 from convnext_pl.errors import UserError
 from convnext_pl.models.backbone import create_backbone
@@ -241,3 +245,12 @@ def test_layer_ids_and_lr_scales_are_the_official_ones_for_tiny():
         # official: scale = decay_rate ** (num_layers - layer_id - 1) with num_layers = 6 + 2
         assert group["lr"] == pytest.approx(lr * decay ** (6 + 2 - group["layer_id"] - 1))
         assert group["weight_decay"] == (0.0 if all(p.ndim == 1 for p in group["params"]) else 0.05)
+
+
+@pytest.mark.slow  # two gloo processes
+def test_ap_gathered_from_ranks_holding_uneven_numbers_of_images_equals_one_process():
+    """5 images on 2 ranks (3 and 2, as EveryImageOnce splits them): torchmetrics' own gather expects as many
+    images on every rank and the DDP run failed in gloo; the gathered AP is one process's, ties in scores and all."""
+    result = json.loads(run_python([str(Path(__file__).with_name("uneven_ap_ranks.py"))], timeout=120).stdout)
+    assert result["two"] == result["one"]
+    assert 0.1 < result["one"]["bbox_map"] < 0.9  # a figure that depends on every image, not 0 or 1

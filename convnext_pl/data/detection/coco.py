@@ -264,6 +264,7 @@ class COCODataModule(TaskDataModule):
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
+            sampler=self.evaluation_sampler(self.datasets[split]),  # every image once across ranks
             num_workers=self.num_workers,
             collate_fn=collate_detection,
             persistent_workers=self.num_workers > 0,

@@ -262,6 +262,7 @@ class SegmentationFolderDataModule(TaskDataModule):
         return DataLoader(
             self.datasets[split],
             batch_size=1,  # images of any size, evaluated whole (official test_cfg)
+            sampler=self.evaluation_sampler(self.datasets[split]),  # every image once across ranks
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_fn,

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from convnext_pl.data.augment.transforms import RECIPE_AUTO_AUGMENT, RECIPE_CROP_PCT, RECIPE_RE_PROB
 from convnext_pl.data.base import ClassificationDataModule
 from convnext_pl.data.classification.folder import RecipeTransforms
-from convnext_pl.data.streaming.reader import EveryImageOnce, ShardImages
+from convnext_pl.data.streaming.reader import ShardImages
 from convnext_pl.data.streaming.source import ShardSource
 from convnext_pl.errors import UserError
 from convnext_pl.ranges import LeftOpenUnitInterval
@@ -22,7 +22,7 @@ class StreamingImageDataModule(ShardSource, RecipeTransforms, ClassificationData
     The transforms are :class:`~convnext_pl.data.ImageFolderDataModule`'s own and sample ``i`` of a split is
     image ``i`` of the folder it was converted from, so a sample gets the same augmentation here as from the folder
     (with ``shuffle: global`` the whole run is the folder run, batch for batch). Training resumes mid-epoch exactly
-    (the base's loader); evaluation reads every image exactly once across ranks (:class:`EveryImageOnce`).
+    (the base's loader); evaluation reads every image exactly once across ranks (the base's ``evaluation_sampler``).
 
     Args:
         root: folder or URL holding the ``train_split`` and ``val_split`` shards.
@@ -117,17 +117,7 @@ class StreamingImageDataModule(ShardSource, RecipeTransforms, ClassificationData
             )
         self.class_names = list(self.val_dataset.classes)
 
-    def _eval_loader(self, dataset: ShardImages | None, stage: str) -> DataLoader:
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        # Every image once across ranks; Lightning keeps a DistributedSampler it is given.
-        sampler = EveryImageOnce(dataset, world, rank) if dataset is not None else None
-        return self._loader(dataset, stage, persistent=stage == "fit", sampler=sampler)
-
     def val_dataloader(self) -> DataLoader | list:
         if self.val_split is None:
             return []  # Lightning skips validation for an empty list
-        return self._eval_loader(self.val_dataset, "fit")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_dataset, "test")
+        return super().val_dataloader()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from convnext_pl.data.images import CorruptImageError
 from convnext_pl.data.streaming.shards import SplitIndex, sha256_of_file, stored_order, write_command
@@ -210,23 +210,3 @@ class ShardImages(Dataset):
                     f"cannot decode image {self.name(i)} ({err}); {self.reader.hint()}"
                 ) from err
         return self.transform(sample), self.targets[i]
-
-
-class EveryImageOnce(DistributedSampler):
-    """Evaluation order for ``num_replicas`` ranks: rank ``r`` reads samples ``r, r + R, r + 2R, ...``, so every
-    image is evaluated exactly once across the ranks (``DistributedSampler`` pads the last ranks with repeated
-    images, which top-1 would count twice). A ``DistributedSampler``, so Lightning keeps it.
-
-    The last ranks may then run one batch fewer; the tasks' metrics reduce once at the end of the epoch
-    (torchmetrics states, ``sync_dist`` on epoch-level values), so uneven counts do not block.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.num_samples = len(range(rank, len(dataset), num_replicas))
-
-    def __iter__(self):
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def __len__(self) -> int:
-        return self.num_samples
