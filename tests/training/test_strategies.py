@@ -302,3 +302,29 @@ def test_fsdp_fits_on_gpus(tmp_path):
         ]
     )
     assert (tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt").is_file()  # state_dict_type: full
+
+
+@pytest.mark.parametrize("ending", ["finished", "refused"])
+def test_the_cli_destroys_the_process_group_it_leaves_however_the_run_ends(ending, tmp_path):
+    """A 2-process run that had finished sometimes aborted at the interpreter's exit ("terminate called without an
+    active exception", exit 134): gloo's threads still ran while their C++ objects were destroyed. cli_main
+    destroys the process group Lightning leaves for reuse before returning or raising. A 1-process gloo group
+    stands for it here; the suite's 2-process runs that finish (DDP and FSDP2, 10 of them) check exit code 0."""
+    from helpers import CPU, DIGITS, QUIET
+
+    from convnext_pl.training.cli import cli_main
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    args = ["validate", "--config", DIGITS, *CPU, *QUIET, f"--trainer.default_root_dir={tmp_path / 'runs'}"]
+    try:
+        if ending == "finished":
+            cli_main([*args, "--allow_untrained=true", "--trainer.limit_val_batches=1"])
+        else:
+            with pytest.raises(SystemExit):
+                cli_main(args)  # no trained weights: refused
+        assert not torch.distributed.is_initialized()
+    finally:  # the group must not outlive the test on this xdist worker, whatever failed
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
