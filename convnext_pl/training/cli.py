@@ -326,6 +326,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
 def end_process_group() -> None:
     """Destroy the process group a multi-process run set up (Lightning leaves it for reuse). Left to the
     interpreter's exit, gloo's worker threads can still be running when their C++ objects are destroyed, and the
-    process aborts with "terminate called without an active exception" after the run finished: exit code 134."""
+    process aborts with "terminate called without an active exception" after the run finished: exit code 134
+    (pytorch/pytorch#190489; ``benchmarks/process_group_exit.py`` counts it with and without this call)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
