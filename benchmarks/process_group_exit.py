@@ -41,19 +41,11 @@ def gloo_program(rank: int, destroy: bool, port: int) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _one_gloo_run(destroy: bool) -> tuple[int, bool]:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import torch.multiprocessing as mp; "
-        "from process_group_exit import gloo_program; "
-        "mp.spawn(gloo_program, args=(sys.argv[2] == 'destroy', int(sys.argv[3])), nprocs=5)"
+        "from process_group_exit import WORLD, gloo_program; "
+        "mp.spawn(gloo_program, args=(sys.argv[2] == 'destroy', int(sys.argv[3])), nprocs=WORLD)"
     )
     mode = "destroy" if destroy else "keep"
     args = [sys.executable, "-c", code, str(Path(__file__).parent), mode, str(_free_port())]
@@ -68,6 +60,15 @@ def _one_main_run(folder: Path) -> tuple[int, bool]:
             "--trainer.default_root_dir", str(folder)]  # fmt: skip
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     return done.returncode, "terminate called" in done.stderr
+
+
+def _free_port() -> int:
+    # Not tests/helpers/s3.free_port: this module is imported by each spawned process, which must stay light.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _busy() -> None:
