@@ -2,15 +2,18 @@
 mid-epoch and resumed with ``--ckpt_path last`` ends bit-identical to an uninterrupted run, weights, BatchNorm
 buffers and optimizer state alike. The loader order and every random augmentation (segmentation crops, flips and
 photometric distortion; the detector's DETR-style multi-scale; FCMAE's masks) must follow from (seed, epoch,
-sample or step) for that (``data/resumable.py``, ``training/seeding.StepSeeding``)."""
+sample or step) for that (``data/resumable.py``, ``training/seeding.StepSeeding``). Segmentation also resumes
+reading ADE20K shards in shard order (``StreamingADE20KDataModule``), whose loader position is the shard reader's."""
 
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import CPU, EXPERIMENTS, QUIET, max_difference, run_main
+from helpers import CONFIGS, CPU, EXPERIMENTS, QUIET, max_difference, run_main
 
+from convnext_pl.data.segmentation.ade20k_synthetic import write_scenes
+from convnext_pl.data.streaming.writer import convert
 from convnext_pl.training.cli import cli_main
 
 # The uninterrupted and the resumed run train in this process, on one thread as the subprocesses do (run_python):
@@ -33,6 +36,13 @@ SEGMENTATION = [
     "--data.init_args.train_images=8", "--data.init_args.val_images=2", "--data.init_args.image_size=48",
     "--data.init_args.batch_size=2", "--data.init_args.scale=[64,48]", "--data.init_args.crop_size=[32,32]",
 ]  # fmt: skip
+# The same scenes written as ADE20K and converted into shards of a few scenes each (--layout ade20k), read in shard
+# order through configs/data/ade20k_streaming.yaml.
+SEGMENTATION_SHARDS = [
+    "--config", str(EXPERIMENTS / "segmentation_synthetic.yaml"), "--data", str(CONFIGS / "data" / "ade20k_streaming.yaml"),
+    "--data.init_args.num_classes=5", "--data.init_args.batch_size=2", "--data.init_args.scale=[64,48]",
+    "--data.init_args.crop_size=[32,32]", "--data.init_args.shuffle_window=4",
+]  # fmt: skip
 # configs/experiment/coco_shapes_mask_rcnn.yaml on 8 shapes images of 64 px, batches of 2, no warm-up.
 DETECTION = [
     "--config", str(EXPERIMENTS / "coco_shapes_mask_rcnn.yaml"),
@@ -49,6 +59,7 @@ PRETRAINING = ["--config", str(EXPERIMENTS / "digits_fcmae.yaml"), "--data.init_
 # file's name)
 TASKS = {
     "segmentation": (SEGMENTATION, "scenes/ADEChallengeData2016", "segmentation_synthetic"),
+    "segmentation, shards": (SEGMENTATION_SHARDS, "shards", "segmentation_synthetic"),
     "detection": (DETECTION, "shapes", "coco_shapes_mask_rcnn"),
     "pre-training": (PRETRAINING, None, "digits_fcmae"),
 }
@@ -74,6 +85,16 @@ def _last(task: str, tmp_path: Path, runs: str, version: int) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("task", list(TASKS))
 def test_a_dense_run_killed_mid_epoch_and_resumed_ends_bit_identical(task, tmp_path):
+    if task == "segmentation, shards":
+        scenes = write_scenes(tmp_path / "ade", 8, 2, 48)
+        convert(
+            str(scenes),
+            str(tmp_path / "shards"),
+            shard_size_mb=0.01,
+            workers=2,
+            progress=False,
+            layout="ade20k",
+        )
     cli_main(_command(task, tmp_path, "straight"))
     # SIGKILL when step 7 begins: last.ckpt holds step 6, two batches into epoch 1, and step 6 is lost. The killed
     # and the resumed run read with 2 worker processes, the reference in-process: augmentation depends on neither.
