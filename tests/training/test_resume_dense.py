@@ -2,8 +2,9 @@
 mid-epoch and resumed with ``--ckpt_path last`` ends bit-identical to an uninterrupted run, weights, BatchNorm
 buffers and optimizer state alike. The loader order and every random augmentation (segmentation crops, flips and
 photometric distortion; the detector's DETR-style multi-scale; FCMAE's masks) must follow from (seed, epoch,
-sample or step) for that (``data/resumable.py``, ``training/seeding.StepSeeding``). Segmentation also resumes
-reading ADE20K shards in shard order (``StreamingADE20KDataModule``), whose loader position is the shard reader's."""
+sample or step) for that (``data/resumable.py``, ``training/seeding.StepSeeding``). Segmentation and detection
+also resume reading ADE20K and COCO shards in shard order (``StreamingADE20KDataModule``,
+``StreamingCOCODataModule``), whose loader position is the shard reader's."""
 
 import warnings
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 from helpers import CONFIGS, CPU, EXPERIMENTS, QUIET, max_difference, run_main
 
+from convnext_pl.data.detection.coco_synthetic import write_coco_shapes
 from convnext_pl.data.segmentation.ade20k_synthetic import write_scenes
 from convnext_pl.data.streaming.writer import convert
 from convnext_pl.training.cli import cli_main
@@ -31,27 +33,40 @@ SCHEDULE = [
 TOTAL_STEPS, KILL_AT, SAVED_AT = 8, 7, 6
 
 # configs/experiment/segmentation_synthetic.yaml on 8 scenes of 48 px, 32-px crops, batches of 2.
-SEGMENTATION = [
-    "--config", str(EXPERIMENTS / "segmentation_synthetic.yaml"),
-    "--data.init_args.train_images=8", "--data.init_args.val_images=2", "--data.init_args.image_size=48",
+SEGMENTATION_TRAINING = [
     "--data.init_args.batch_size=2", "--data.init_args.scale=[64,48]", "--data.init_args.crop_size=[32,32]",
 ]  # fmt: skip
-# The same scenes written as ADE20K and converted into shards of a few scenes each (--layout ade20k), read in shard
-# order through configs/data/ade20k_streaming.yaml.
-SEGMENTATION_SHARDS = [
-    "--config", str(EXPERIMENTS / "segmentation_synthetic.yaml"), "--data", str(CONFIGS / "data" / "ade20k_streaming.yaml"),
-    "--data.init_args.num_classes=5", "--data.init_args.batch_size=2", "--data.init_args.scale=[64,48]",
-    "--data.init_args.crop_size=[32,32]", "--data.init_args.shuffle_window=4",
+SEGMENTATION = [
+    "--config", str(EXPERIMENTS / "segmentation_synthetic.yaml"), *SEGMENTATION_TRAINING,
+    "--data.init_args.train_images=8", "--data.init_args.val_images=2", "--data.init_args.image_size=48",
 ]  # fmt: skip
 # configs/experiment/coco_shapes_mask_rcnn.yaml on 8 shapes images of 64 px, batches of 2, no warm-up.
-DETECTION = [
-    "--config", str(EXPERIMENTS / "coco_shapes_mask_rcnn.yaml"),
-    "--data.init_args.train_images=8", "--data.init_args.val_images=2", "--data.init_args.image_size=64",
+DETECTION_TRAINING = [
     "--data.init_args.batch_size=2", "--data.init_args.train_scales=[48,56,64]", "--data.init_args.crop_scales=[40]",
     "--data.init_args.crop_size=[32,48]", "--data.init_args.max_size=96",
     "--model.init_args.net.init_args.min_size=64", "--model.init_args.net.init_args.max_size=96",
     "--model.init_args.net.init_args.representation_size=64", "--model.init_args.warmup_steps=0",
 ]  # fmt: skip
+DETECTION = [
+    "--config", str(EXPERIMENTS / "coco_shapes_mask_rcnn.yaml"), *DETECTION_TRAINING,
+    "--data.init_args.train_images=8", "--data.init_args.val_images=2", "--data.init_args.image_size=64",
+]  # fmt: skip
+# The same scenes and shapes written as ADE20K and COCO, converted into shards of a few images each (the
+# converter's --layout ade20k|coco) and read in shard order: configs/data/ade20k_streaming.yaml, coco_streaming.yaml.
+SHARD_ORDER = ["--data.init_args.shuffle=shards", "--data.init_args.shuffle_window=4"]
+SEGMENTATION_SHARDS = [
+    "--config", str(EXPERIMENTS / "segmentation_synthetic.yaml"), "--data", str(CONFIGS / "data" / "ade20k_streaming.yaml"),
+    *SEGMENTATION_TRAINING, *SHARD_ORDER, "--data.init_args.num_classes=5",
+]  # fmt: skip
+DETECTION_SHARDS = [
+    "--config", str(EXPERIMENTS / "coco_shapes_mask_rcnn.yaml"), "--data", str(CONFIGS / "data" / "coco_streaming.yaml"),
+    *DETECTION_TRAINING, *SHARD_ORDER, "--data.init_args.num_classes=3",
+]  # fmt: skip
+# 8 training and 2 validation images in each layout, written as the synthetic DataModules write them.
+SHARD_SOURCES = {
+    "segmentation, shards": ("ade20k", lambda folder: write_scenes(folder, 8, 2, 48)),
+    "detection, shards": ("coco", lambda folder: write_coco_shapes(folder, 8, 2, 64)),
+}
 # configs/experiment/digits_fcmae.yaml (FCMAE pre-training) on batches of 8 digits: a fresh random mask per image
 # at every step, drawn from the step's seeded generator.
 PRETRAINING = ["--config", str(EXPERIMENTS / "digits_fcmae.yaml"), "--data.init_args.batch_size=8"]
@@ -61,6 +76,7 @@ TASKS = {
     "segmentation": (SEGMENTATION, "scenes/ADEChallengeData2016", "segmentation_synthetic"),
     "segmentation, shards": (SEGMENTATION_SHARDS, "shards", "segmentation_synthetic"),
     "detection": (DETECTION, "shapes", "coco_shapes_mask_rcnn"),
+    "detection, shards": (DETECTION_SHARDS, "shards", "coco_shapes_mask_rcnn"),
     "pre-training": (PRETRAINING, None, "digits_fcmae"),
 }
 
@@ -85,15 +101,11 @@ def _last(task: str, tmp_path: Path, runs: str, version: int) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("task", list(TASKS))
 def test_a_dense_run_killed_mid_epoch_and_resumed_ends_bit_identical(task, tmp_path):
-    if task == "segmentation, shards":
-        scenes = write_scenes(tmp_path / "ade", 8, 2, 48)
+    if task in SHARD_SOURCES:
+        layout, write = SHARD_SOURCES[task]
+        source = str(write(tmp_path / "source"))
         convert(
-            str(scenes),
-            str(tmp_path / "shards"),
-            shard_size_mb=0.01,
-            workers=2,
-            progress=False,
-            layout="ade20k",
+            source, str(tmp_path / "shards"), shard_size_mb=0.01, workers=2, progress=False, layout=layout
         )
     cli_main(_command(task, tmp_path, "straight"))
     # SIGKILL when step 7 begins: last.ckpt holds step 6, two batches into epoch 1, and step 6 is lost. The killed
