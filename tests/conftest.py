@@ -40,6 +40,16 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def s3(monkeypatch):
+    """moto's S3 server on 127.0.0.1 for one test, its variables in this process's environment
+    (``helpers.s3.s3_server``)."""
+    from helpers.s3 import s3_server  # boto3 is imported by the tests that use it, not at collection
+
+    with s3_server(monkeypatch) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def digits_ckpt(tmp_path_factory) -> Path:
     """last.ckpt of a three-step digits run with EMA (decay 0.5, so EMA and raw weights clearly differ) and a

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import CONFIGS, CPU, EXPERIMENTS, QUIET
-from helpers.s3 import S3Server
 
 from convnext_pl.data import ADE20KDataModule, COCODataModule
 from convnext_pl.data.classification.synthetic_files import truncate_file, write_image_folder
@@ -179,34 +178,26 @@ def test_detection_and_segmentation_train_from_shards_through_the_command_line(s
     assert steps == [1, 1]
 
 
-def test_coco_converted_into_a_bucket_reads_back_through_the_cache_as_the_local_shards(
-    sources, monkeypatch, tmp_path
-):
-    server = S3Server()
-    try:
-        server.bucket("shards")
-        for key, value in server.env.items():
-            monkeypatch.setenv(key, value)
-        streaming_main(["write", "--layout", "coco", "--src", str(sources["coco"]), "--out", "s3://shards/coco",
-                        "--split", "val2017", "--shard-size-mb", str(SHARD_MB), "--no-progress"])  # fmt: skip
-        bucket = StreamingCOCODataModule("s3://shards/coco", cache_dir=str(tmp_path), num_classes=3, **COCO)
-        local = StreamingCOCODataModule(str(sources["coco_shards"]), **COCO)
-        for module in (bucket, local):
-            module.setup("validate")
-        assert bucket.split_paths("val2017")[1].read_bytes() == (sources["coco_shards"] / "val2017" /
-                                                                "instances_val2017.json").read_bytes()  # fmt: skip
-        assert _same_detection_batches(bucket.val_dataloader(), local.val_dataloader()) == 2
-        assert len(list(tmp_path.rglob("shard-*.tar"))) == len(local.datasets["val"].reader.index.shards)
-        # An annotation file replaced in the bucket fails its recorded hash and is never used.
-        server.client().put_object(Bucket="shards", Key="coco/val2017/instances_val2017.json", Body=b"{}")
-        replaced = StreamingCOCODataModule("s3://shards/coco", cache_dir=str(tmp_path / "other"), **COCO)
-        with pytest.raises(
-            UserError, match=r"instances_val2017.json does not match the SHA-256 its index records"
-        ):
-            replaced.setup("validate")
-        assert not list((tmp_path / "other").rglob("*.json"))
-    finally:
-        server.stop()
+def test_coco_converted_into_a_bucket_reads_back_through_the_cache_as_the_local_shards(sources, s3, tmp_path):
+    s3.bucket("shards")
+    streaming_main(["write", "--layout", "coco", "--src", str(sources["coco"]), "--out", "s3://shards/coco",
+                    "--split", "val2017", "--shard-size-mb", str(SHARD_MB), "--no-progress"])  # fmt: skip
+    bucket = StreamingCOCODataModule("s3://shards/coco", cache_dir=str(tmp_path), num_classes=3, **COCO)
+    local = StreamingCOCODataModule(str(sources["coco_shards"]), **COCO)
+    for module in (bucket, local):
+        module.setup("validate")
+    assert bucket.split_paths("val2017")[1].read_bytes() == (sources["coco_shards"] / "val2017" /
+                                                            "instances_val2017.json").read_bytes()  # fmt: skip
+    assert _same_detection_batches(bucket.val_dataloader(), local.val_dataloader()) == 2
+    assert len(list(tmp_path.rglob("shard-*.tar"))) == len(local.datasets["val"].reader.index.shards)
+    # An annotation file replaced in the bucket fails its recorded hash and is never used.
+    s3.client().put_object(Bucket="shards", Key="coco/val2017/instances_val2017.json", Body=b"{}")
+    replaced = StreamingCOCODataModule("s3://shards/coco", cache_dir=str(tmp_path / "other"), **COCO)
+    with pytest.raises(
+        UserError, match=r"instances_val2017.json does not match the SHA-256 its index records"
+    ):
+        replaced.setup("validate")
+    assert not list((tmp_path / "other").rglob("*.json"))
 
 
 def test_a_damaged_shard_or_a_shard_of_another_layout_is_named_with_the_fix(sources, tmp_path):

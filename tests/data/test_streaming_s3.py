@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import CPU, EXPERIMENTS, QUIET, refused, run_main
-from helpers.s3 import SECRET_KEY, S3Server, pid_file
+from helpers.s3 import SECRET_KEY, S3Server, pid_file, s3_server
 
 from convnext_pl.data.classification.synthetic_files import write_digits_folder
 from convnext_pl.data.streaming import StreamingImageDataModule
@@ -31,20 +31,11 @@ def digits(tmp_path_factory) -> Path:
     return write_digits_folder(tmp_path_factory.mktemp("digits") / "images")
 
 
-def write_shards(digits: Path, server: S3Server, monkeypatch, url: str = "s3://shards/digits") -> str:
+def write_shards(digits: Path, server: S3Server, url: str = "s3://shards/digits") -> str:
     server.bucket(url.removeprefix("s3://").split("/")[0])
-    for key, value in server.env.items():
-        monkeypatch.setenv(key, value)
     streaming_main(["write", "--src", str(digits), "--out", url, "--shard-size-mb", str(SHARD_MB), "--no-progress",
                     "--workers", "2"])  # fmt: skip
     return url
-
-
-@pytest.fixture
-def server():
-    server = S3Server()
-    yield server
-    server.stop()
 
 
 def _cache_bytes(cache: Path) -> int:
@@ -53,10 +44,10 @@ def _cache_bytes(cache: Path) -> int:
 
 @pytest.mark.slow
 def test_shards_written_to_s3_train_through_main_py_within_the_cache_bound_and_the_server_stopping_is_one_line(
-    digits, server, monkeypatch, tmp_path
+    digits, s3, tmp_path
 ):
-    url = write_shards(digits, server, monkeypatch)
-    names = [o["Key"] for o in server.client().list_objects_v2(Bucket="shards")["Contents"]]
+    url = write_shards(digits, s3)
+    names = [o["Key"] for o in s3.client().list_objects_v2(Bucket="shards")["Contents"]]
     assert "digits/train/index.json" in names and sum(n.endswith(".tar") for n in names) > 20
     cache, runs = tmp_path / "cache", tmp_path / "runs"
     command = ["fit", *DIGITS_FROM_S3, f"--data.init_args.root={url}", f"--data.init_args.cache_dir={cache}",
@@ -64,9 +55,9 @@ def test_shards_written_to_s3_train_through_main_py_within_the_cache_bound_and_t
                "--checkpoint.every_n_train_steps=4", f"--trainer.default_root_dir={runs}"]  # fmt: skip
     # The server killed when step 9 begins: last.ckpt (step 8) is written, the next shards cannot be fetched.
     kill = ["--trainer.callbacks+=helpers.callbacks.KillProcessAtStep",
-            f"--trainer.callbacks.pid_file={pid_file(tmp_path, server)}", "--trainer.callbacks.step=9"]  # fmt: skip
+            f"--trainer.callbacks.pid_file={pid_file(tmp_path, s3)}", "--trainer.callbacks.step=9"]  # fmt: skip
     started = time.monotonic()
-    result = run_main(command + kill, env=server.env, timeout=240, check=False)
+    result = run_main(command + kill, env=s3.env, timeout=240, check=False)
     took = time.monotonic() - started
     assert result.returncode == 2, result.stderr[-3000:]
     last_line = result.stderr.strip().splitlines()[-1]
@@ -87,10 +78,7 @@ def test_shards_written_to_s3_train_through_main_py_within_the_cache_bound_and_t
 def test_credentials_that_fail_are_one_line_naming_the_url_and_leave_no_run_folder(
     digits, monkeypatch, tmp_path, capsys
 ):
-    checking = S3Server(check_credentials=True)
-    try:
-        for key, value in checking.env.items():
-            monkeypatch.setenv(key, value)
+    with s3_server(monkeypatch, check_credentials=True):
         command = ["fit", *DIGITS_FROM_S3, "--data.init_args.root=s3://shards/digits",
                    f"--trainer.default_root_dir={tmp_path / 'runs'}"]  # fmt: skip
         message = refused(command, capsys, tmp_path / "runs")
@@ -102,13 +90,11 @@ def test_credentials_that_fail_are_one_line_naming_the_url_and_leave_no_run_fold
         monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
         message = refused(command, capsys, tmp_path / "runs")
         assert message.startswith("error: no credentials for s3://shards/digits/train/index.json")
-    finally:
-        checking.stop()
 
 
-def test_a_shard_replaced_in_the_bucket_is_refused_before_it_is_used(digits, server, monkeypatch, tmp_path):
-    url = write_shards(digits, server, monkeypatch)
-    server.client().put_object(Bucket="shards", Key="digits/train/shard-000000.tar", Body=b"x" * 1000)
+def test_a_shard_replaced_in_the_bucket_is_refused_before_it_is_used(digits, s3, tmp_path):
+    url = write_shards(digits, s3)
+    s3.client().put_object(Bucket="shards", Key="digits/train/shard-000000.tar", Body=b"x" * 1000)
     module = StreamingImageDataModule(url, num_classes=10, batch_size=16, num_workers=0, image_size=16,
                                       shuffle="global", cache_dir=str(tmp_path / "cache"))  # fmt: skip
     module.setup("fit")
@@ -123,11 +109,11 @@ def test_a_shard_replaced_in_the_bucket_is_refused_before_it_is_used(digits, ser
 
 
 def test_batches_from_the_bucket_equal_those_from_local_shards_whether_or_not_a_shard_was_fetched_first(
-    digits, server, monkeypatch, tmp_path
+    digits, s3, tmp_path
 ):
     # boto3's transfers draw from python's random, which timm's crop draws from next: a fetch inside a sample's
     # seeded read must leave the generators as it found them (seeding.cpu_generators_untouched).
-    url = write_shards(digits, server, monkeypatch)
+    url = write_shards(digits, s3)
     local = tmp_path / "local"
     streaming_main(["write", "--src", str(digits), "--out", str(local), "--shard-size-mb", str(SHARD_MB),
                     "--no-progress"])  # fmt: skip

@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -76,6 +78,19 @@ class S3Server:
     def stop(self) -> None:
         self.process.kill()
         self.process.wait()
+
+
+@contextmanager
+def s3_server(monkeypatch, check_credentials: bool = False) -> Iterator[S3Server]:
+    """A started :class:`S3Server` whose variables are in this process's environment (``monkeypatch`` restores
+    it), stopped when the block ends; the ``s3`` fixture is this with the defaults."""
+    server = S3Server(check_credentials)
+    try:
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        yield server
+    finally:
+        server.stop()
 
 
 def pid_file(folder: Path, server: S3Server) -> Path:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import EXPERIMENTS, QUIET, max_difference, run_main
-from helpers.s3 import S3Server
 
 from convnext_pl.data.classification.synthetic_files import write_digits_folder
 from convnext_pl.data.streaming.__main__ import main as streaming_main
@@ -91,23 +90,15 @@ def test_a_run_on_local_shards_killed_mid_epoch_and_resumed_ends_bit_identical(d
 
 
 @pytest.mark.slow
-def test_a_2_process_ddp_run_from_s3_killed_mid_epoch_and_resumed_ends_bit_identical(
-    digits, tmp_path, monkeypatch
-):
-    server = S3Server()
-    try:
-        server.bucket("shards")
-        for key, value in server.env.items():
-            monkeypatch.setenv(key, value)
-        streaming_main(["write", "--src", str(digits), "--out", "s3://shards/digits", "--shard-size-mb", SHARD_MB,
-                        "--no-progress"])  # fmt: skip
-        args = [*RUN, *DDP, "--data.init_args.root=s3://shards/digits",
-                f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.cache_limit_gb=0.001"]  # fmt: skip
-        straight = run_main(
-            [*args, f"--trainer.default_root_dir={tmp_path / 'straight'}"], env=server.env, timeout=300
-        )
-        assert straight.returncode == 0
-        final = _kill_and_resume(args, tmp_path / "killed", env=server.env)
-        _assert_same(final, _last(tmp_path / "straight", 0))
-    finally:
-        server.stop()
+def test_a_2_process_ddp_run_from_s3_killed_mid_epoch_and_resumed_ends_bit_identical(digits, s3, tmp_path):
+    s3.bucket("shards")
+    streaming_main(["write", "--src", str(digits), "--out", "s3://shards/digits", "--shard-size-mb", SHARD_MB,
+                    "--no-progress"])  # fmt: skip
+    args = [*RUN, *DDP, "--data.init_args.root=s3://shards/digits",
+            f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.cache_limit_gb=0.001"]  # fmt: skip
+    straight = run_main(
+        [*args, f"--trainer.default_root_dir={tmp_path / 'straight'}"], env=s3.env, timeout=300
+    )
+    assert straight.returncode == 0
+    final = _kill_and_resume(args, tmp_path / "killed", env=s3.env)
+    _assert_same(final, _last(tmp_path / "straight", 0))
