@@ -5,7 +5,6 @@ everything else (cleaning, checks, the DETR-style augmentation, batches, evaluat
 
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -16,10 +15,10 @@ from torchvision.transforms import v2
 from convnext_pl.data.detection.coco import COCODataModule, COCOInstances, _CocoFromDocument
 from convnext_pl.data.detection.transforms import CROP_SCALES, CROP_SIZE, MAX_SIZE, TRAIN_SCALES
 from convnext_pl.data.images import CorruptImageError
-from convnext_pl.data.streaming.reader import ShardError, ShardReader
+from convnext_pl.data.streaming.reader import ShardError, ShardReader, download_checked
 from convnext_pl.data.streaming.shards import sha256_of_file, stored_order
 from convnext_pl.data.streaming.source import ShardSource
-from convnext_pl.data.streaming.store import Store, is_s3, join
+from convnext_pl.data.streaming.store import is_s3, join
 from convnext_pl.errors import UserError
 
 
@@ -149,18 +148,12 @@ class StreamingCOCODataModule(ShardSource, COCODataModule):
         ):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+        url = join(reader.index.location, record["name"])
         try:
-            Store(reader.index.location).download(record["name"], partial)
-            if sha256_of_file(partial) != record["sha256"]:
-                raise ShardError(
-                    f"{join(reader.index.location, record['name'])} does not match the SHA-256 its index records "
-                    f"(damaged or replaced); {reader.hint()}"
-                )
-            os.replace(partial, path)
+            matches = download_checked(reader.store, record, path)
         except FileNotFoundError:
+            raise ShardError(f"{url} is missing; {reader.hint()}") from None
+        if not matches:
             raise ShardError(
-                f"{join(reader.index.location, record['name'])} is missing; {reader.hint()}"
-            ) from None
-        finally:
-            partial.unlink(missing_ok=True)
+                f"{url} does not match the SHA-256 its index records (damaged or replaced); {reader.hint()}"
+            )

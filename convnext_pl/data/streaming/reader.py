@@ -156,20 +156,30 @@ class ShardReader:
 
     def _download(self, record: dict, path: Path) -> None:
         url = join(self.index.location, record["name"])
-        partial = path.with_name(f"{path.name}.{os.getpid()}.part")
         try:
-            try:
-                self.store.download(record["name"], partial)
-            except FileNotFoundError:
-                raise ShardError(f"shard {url} is missing; {self.hint()}") from None
-            if partial.stat().st_size != record["bytes"] or sha256_of_file(partial) != record["sha256"]:
-                raise ShardError(
-                    f"shard {url} does not match the size and SHA-256 its index records (damaged or replaced); "
-                    f"{self.hint()}"
-                )
-            os.replace(partial, path)  # atomic: another process sees the whole shard or none
-        finally:
-            partial.unlink(missing_ok=True)
+            matches = download_checked(self.store, record, path)
+        except FileNotFoundError:
+            raise ShardError(f"shard {url} is missing; {self.hint()}") from None
+        if not matches:
+            raise ShardError(
+                f"shard {url} does not match the size and SHA-256 its index records (damaged or replaced); "
+                f"{self.hint()}"
+            )
+
+
+def download_checked(store: Store, record: dict, path: Path) -> bool:
+    """Download ``record["name"]`` of ``store`` to ``path`` through a partial file, kept only when its size and
+    SHA-256 are the ``bytes`` and ``sha256`` the index records (False: nothing kept). The rename is atomic: another
+    process sees the whole file or none. A missing object raises ``FileNotFoundError``."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+    try:
+        store.download(record["name"], partial)
+        if partial.stat().st_size != record["bytes"] or sha256_of_file(partial) != record["sha256"]:
+            return False
+        os.replace(partial, path)
+        return True
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 class ShardImages(Dataset):
